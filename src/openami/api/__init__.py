@@ -1,0 +1,1 @@
+"""REST API (FastAPI): routers, auth dependencies, problem+json errors."""

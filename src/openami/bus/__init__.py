@@ -1,0 +1,1 @@
+"""Publish/subscribe bus: in-process adapter (NATS JetStream later)."""

@@ -1,0 +1,1 @@
+"""Storage: engine and sessions, tables, Alembic migrations, repositories, bulk ingest."""

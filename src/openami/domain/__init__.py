@@ -1,0 +1,1 @@
+"""Pure domain types: meters, topology, readings, events; imports nothing of ours."""

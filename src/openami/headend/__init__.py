@@ -1,0 +1,1 @@
+"""Head-end: device registry, DLMS sessions, collection scheduler, on-demand reads."""

@@ -1,0 +1,1 @@
+"""Meter data management: ingest, validation/estimation (VEE), storage of readings."""

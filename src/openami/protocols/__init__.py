@@ -1,0 +1,1 @@
+"""Protocol stacks (sans-IO cores, thin transports)."""

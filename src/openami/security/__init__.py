@@ -1,0 +1,1 @@
+"""Security library: keystore (envelope encryption), counters, and later pki, signing, audit, policy."""

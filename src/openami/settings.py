@@ -1,0 +1,58 @@
+"""The one settings class; the only module that reads the environment (prefix ``OPENAMI_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretBytes
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CollectionSettings(BaseModel):
+    """Collection windows, per seed 004 (residential 4-6 reads a day, commercial hourly)."""
+
+    residential_reads_per_day: int = Field(default=6, ge=1, le=96)
+    commercial_reads_per_day: int = Field(default=24, ge=1, le=96)
+    concurrency: int = Field(default=64, ge=1, le=5000)
+    retries: int = Field(default=3, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0.0)
+    timeout_s: float = Field(default=10.0, gt=0.0)
+    catch_up_days: int = Field(default=7, ge=1, le=90)
+
+
+class VeeSettings(BaseModel):
+    spike_multiple: float = Field(default=10.0, gt=1.0)
+    max_interval_wh: float = Field(default=50_000.0, gt=0.0)
+    clock_tolerance_s: float = Field(default=30.0, gt=0.0)
+    register_tolerance_wh: float = Field(default=10.0, ge=0.0)
+    short_gap_intervals: int = Field(default=4, ge=1)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8059, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Build it where the program starts, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENAMI_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    master_key_file: Path | None = None
+    master_key: SecretBytes | None = None
+    api: ApiSettings = ApiSettings()
+    collection: CollectionSettings = CollectionSettings()
+    vee: VeeSettings = VeeSettings()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured URL, or the embedded default: a SQLite file under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'openami.sqlite3').resolve()}"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
