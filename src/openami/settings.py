@@ -21,11 +21,17 @@ class CollectionSettings(BaseModel):
 
 
 class VeeSettings(BaseModel):
+    """Validation and estimation rules of the MDM (docs/vee.md); energies in Wh per interval."""
+
     spike_multiple: float = Field(default=10.0, gt=1.0)
+    spike_floor_wh: float = Field(default=500.0, ge=0.0)  # never a spike below this, however small the typical
     max_interval_wh: float = Field(default=50_000.0, gt=0.0)
     clock_tolerance_s: float = Field(default=30.0, gt=0.0)
     register_tolerance_wh: float = Field(default=10.0, ge=0.0)
     short_gap_intervals: int = Field(default=4, ge=1)
+    like_day_weeks: int = Field(default=4, ge=1, le=52)  # same weekday/time this many weeks back
+    status_flag_mask: int = Field(default=0xFF, ge=0, le=0xFF)  # status bits that flag METER_STATUS
+    typical_min_values: int = Field(default=8, ge=1)  # nonzero values needed for a read's own typical
 
 
 class ApiSettings(BaseModel):
