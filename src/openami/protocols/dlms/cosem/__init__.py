@@ -1,0 +1,46 @@
+"""COSEM interface classes for the server role, and the logical device that dispatches to them."""
+
+from openami.protocols.dlms.cosem.association import AssociationLN
+from openami.protocols.dlms.cosem.base import (
+    AccessRights,
+    AssociationInfo,
+    AssociationView,
+    AttributeAccess,
+    CosemAccessError,
+    CosemObject,
+    MethodAccess,
+    Result,
+    Value,
+)
+from openami.protocols.dlms.cosem.clock import Clock
+from openami.protocols.dlms.cosem.data import Data, Register
+from openami.protocols.dlms.cosem.device import LogicalDevice, Outcome
+from openami.protocols.dlms.cosem.disconnect import ControlState, DisconnectControl
+from openami.protocols.dlms.cosem.profile import CaptureObject, ListProfileSource, ProfileGeneric, ProfileSource, Row
+from openami.protocols.dlms.cosem.security_setup import SecuritySetup
+
+__all__ = [
+    "AccessRights",
+    "AssociationInfo",
+    "AssociationLN",
+    "AssociationView",
+    "AttributeAccess",
+    "CaptureObject",
+    "Clock",
+    "ControlState",
+    "CosemAccessError",
+    "CosemObject",
+    "Data",
+    "DisconnectControl",
+    "ListProfileSource",
+    "LogicalDevice",
+    "MethodAccess",
+    "Outcome",
+    "ProfileGeneric",
+    "ProfileSource",
+    "Register",
+    "Result",
+    "Row",
+    "SecuritySetup",
+    "Value",
+]
