@@ -68,6 +68,7 @@ __all__ = [
     "decode_length",
     "encode",
     "encode_length",
+    "is_simple_tag",
 ]
 
 MAX_DEPTH = 32
@@ -255,10 +256,17 @@ _new_int = int.__new__
 _new_float = float.__new__
 _F32 = struct.Struct(">f")
 _F64 = struct.Struct(">d")
+_U32 = DoubleLongUnsigned.codec.unpack_from
+_I32 = DoubleLong.codec.unpack_from
+
+# Fixed-size reads index the buffer without checking its length first: running off the end raises
+# IndexError or struct.error, which the entry points (``decode``, ``decode_all``) turn into a
+# DecodeError. Slices never raise, so every length-prefixed read checks its end explicitly.
+_TRUNCATED = (IndexError, struct.error)
 
 
-def _short(offset: int, what: str) -> DecodeError:
-    return DecodeError(f"truncated {what}", offset=offset, expected=what)
+def _dec_unknown(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
+    raise DecodeError(f"unknown data tag 0x{buf[o - 1]:02X}", offset=o - 1, expected="an A-XDR Data tag")
 
 
 def _dec_null(_buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
@@ -266,68 +274,72 @@ def _dec_null(_buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
 
 
 def _dec_bool(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    if o >= len(buf):
-        raise _short(o, "boolean byte")
     return buf[o] != 0, o + 1
 
 
 def _fixed_int_decoder(cls: type[FixedInt]) -> _Decoder:
     unpack_from = cls.codec.unpack_from
     size = cls.codec.size
-    what = f"{size}-byte {cls.__name__}"
 
     def decode_fixed(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-        end = o + size
-        if end > len(buf):
-            raise _short(o, what)
-        return _new_int(cls, unpack_from(buf, o)[0]), end
+        return _new_int(cls, unpack_from(buf, o)[0]), o + size
 
     return decode_fixed
 
 
+# One-byte values come from prebuilt tables: building an int subclass costs more than a lookup.
+_UNSIGNED = tuple(_new_int(Unsigned, n) for n in range(256))
+_ENUM = tuple(_new_int(Enum, n) for n in range(256))
+_INTEGER = tuple(_new_int(Integer, n - 256 if n > 127 else n) for n in range(256))
+
+
 def _dec_unsigned(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    if o >= len(buf):
-        raise _short(o, "unsigned byte")
-    return _new_int(Unsigned, buf[o]), o + 1
+    return _UNSIGNED[buf[o]], o + 1
 
 
 def _dec_enum(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    if o >= len(buf):
-        raise _short(o, "enum byte")
-    return _new_int(Enum, buf[o]), o + 1
+    return _ENUM[buf[o]], o + 1
+
+
+def _dec_integer(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
+    return _INTEGER[buf[o]], o + 1
 
 
 def _dec_float32(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    if o + 4 > len(buf):
-        raise _short(o, "4-byte float32")
     return _new_float(Float32, _F32.unpack_from(buf, o)[0]), o + 4
 
 
 def _dec_float64(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    if o + 8 > len(buf):
-        raise _short(o, "8-byte float64")
     return _new_float(Float64, _F64.unpack_from(buf, o)[0]), o + 8
 
 
-def _counted(buf: bytes, o: int, what: str) -> tuple[int, int, int]:
-    """Read a length and check that many bytes follow; returns (start, end, length)."""
-    if o < len(buf) and buf[o] < 0x80:
-        n, start = buf[o], o + 1
+def _counted(buf: bytes, o: int, what: str) -> tuple[int, int]:
+    """Read a length and check that many bytes follow; returns (start, end)."""
+    n = buf[o]
+    if n < 0x80:
+        start = o + 1
     else:
         n, start = decode_length(buf, o)
     end = start + n
     if end > len(buf):
         raise DecodeError(f"{what} of {n} bytes overruns the buffer", offset=o, expected=f"{n} bytes of {what}")
-    return start, end, n
+    return start, end
 
 
 def _dec_octets(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    start, end, _ = _counted(buf, o, "octet-string")
-    return buf[start:end], end
+    n = buf[o]
+    if n < 0x80:
+        o += 1
+    else:
+        n, o = decode_length(buf, o)
+    end = o + n
+    if end > len(buf):
+        raise DecodeError(f"octet-string of {n} bytes overruns the buffer", offset=o, expected=f"{n} bytes")
+    return buf[o:end], end
 
 
 def _dec_visible(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    start, end, _ = _counted(buf, o, "visible-string")
+    start, end = _counted(buf, o, "visible-string")
     try:
         return buf[start:end].decode("ascii"), end
     except UnicodeDecodeError as exc:
@@ -335,7 +347,7 @@ def _dec_visible(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
 
 
 def _dec_utf8(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
-    start, end, _ = _counted(buf, o, "utf8-string")
+    start, end = _counted(buf, o, "utf8-string")
     try:
         return str.__new__(Utf8String, buf[start:end].decode("utf-8")), end
     except UnicodeDecodeError as exc:
@@ -350,38 +362,68 @@ def _dec_bits(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
     return BitString.from_bytes(buf[start:end], nbits), end
 
 
-def _sequence(buf: bytes, o: int, depth: int, what: str) -> tuple[list[Data], int]:
+def _element_count(buf: bytes, o: int, depth: int, what: str) -> tuple[int, int]:
+    """Read an array/structure element count; refuse one that cannot fit or nests too deep."""
     if depth >= MAX_DEPTH:
         raise DecodeError(f"{what} nested deeper than {MAX_DEPTH}", offset=o, expected="shallower data")
-    if o < len(buf) and buf[o] < 0x80:
-        count, o = buf[o], o + 1
+    count = buf[o]
+    if count < 0x80:
+        o += 1
     else:
         count, o = decode_length(buf, o)
-    size = len(buf)
-    if count > size - o:
+    if count > len(buf) - o:
         raise DecodeError(f"{what} of {count} elements overruns the buffer", offset=o, expected="one tag per element")
-    items: list[Data] = []
+    return count, o
+
+
+def _dec_array(buf: bytes, o: int, depth: int) -> tuple[Data, int]:
+    count = buf[o]
+    if count < 0x80 and count < len(buf) - o and depth < MAX_DEPTH:
+        o += 1
+    else:
+        count, o = _element_count(buf, o, depth, "array")
+    items = Array()
     append = items.append
     table = _DECODERS
     depth += 1
     for _ in range(count):
-        if o >= size:
-            raise _short(o, f"{what} element")
-        decoder = table[buf[o]]
-        if decoder is None:
-            raise DecodeError(f"unknown data tag 0x{buf[o]:02X}", offset=o, expected="an A-XDR Data tag")
-        value, o = decoder(buf, o + 1, depth)
+        value, o = table[buf[o]](buf, o + 1, depth)
         append(value)
     return items, o
 
 
-def _dec_array(buf: bytes, o: int, depth: int) -> tuple[Data, int]:
-    items, o = _sequence(buf, o, depth, "array")
-    return Array(items), o
-
-
 def _dec_structure(buf: bytes, o: int, depth: int) -> tuple[Data, int]:
-    items, o = _sequence(buf, o, depth, "structure")
+    count = buf[o]
+    if count < 0x80 and count < len(buf) - o and depth < MAX_DEPTH:
+        o += 1
+    else:
+        count, o = _element_count(buf, o, depth, "structure")
+    items: list[Data] = []
+    append = items.append
+    table = _DECODERS
+    depth += 1
+    size = len(buf)
+    # Profile rows are structures of a few scalars: decode the commonest ones inline (no call).
+    for _ in range(count):
+        tag = buf[o]
+        if tag == 6:
+            append(_new_int(DoubleLongUnsigned, _U32(buf, o + 1)[0]))
+            o += 5
+        elif tag == 9 and buf[o + 1] < 0x80:
+            end = o + 2 + buf[o + 1]
+            if end > size:
+                raise DecodeError("octet-string overruns the buffer", offset=o + 1, expected="its bytes")
+            append(buf[o + 2 : end])
+            o = end
+        elif tag == 17:
+            append(_UNSIGNED[buf[o + 1]])
+            o += 2
+        elif tag == 5:
+            append(_new_int(DoubleLong, _I32(buf, o + 1)[0]))
+            o += 5
+        else:
+            value, o = table[tag](buf, o + 1, depth)
+            append(value)
     return Structure(items), o
 
 
@@ -389,13 +431,13 @@ def _fixed_decoder(size: int, build: Callable[[bytes], Data], what: str) -> _Dec
     def decode_fixed(buf: bytes, o: int, _depth: int) -> tuple[Data, int]:
         end = o + size
         if end > len(buf):
-            raise _short(o, what)
+            raise DecodeError(f"truncated {what}", offset=o, expected=what)
         return build(buf[o:end]), end
 
     return decode_fixed
 
 
-_DECODERS: list[_Decoder | None] = [None] * 256
+_DECODERS: list[_Decoder] = [_dec_unknown] * 256
 _DECODERS[0] = _dec_null
 _DECODERS[1] = _dec_array
 _DECODERS[2] = _dec_structure
@@ -411,8 +453,14 @@ _DECODERS[26] = _fixed_decoder(5, CosemDate.from_bytes, "5-byte date")
 _DECODERS[27] = _fixed_decoder(4, CosemTime.from_bytes, "4-byte time")
 for _cls in (Integer, Long, LongUnsigned, DoubleLong, DoubleLongUnsigned, Long64, Long64Unsigned):
     _DECODERS[_cls.tag] = _fixed_int_decoder(_cls)
+_DECODERS[15] = _dec_integer
 _DECODERS[17] = _dec_unsigned
 _DECODERS[22] = _dec_enum
+
+
+def is_simple_tag(tag: int) -> bool:
+    """Whether ``tag`` is a known Data tag other than array, structure and compact-array."""
+    return 0 <= tag <= 255 and tag not in (1, 2, 19) and _DECODERS[tag] is not _dec_unknown
 
 
 def decode(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Data, int]:
@@ -424,10 +472,10 @@ def decode(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[Data, 
         buf = bytes(buf)
     if not 0 <= offset < len(buf):
         raise DecodeError("no data", offset=offset, expected="an A-XDR Data tag")
-    decoder = _DECODERS[buf[offset]]
-    if decoder is None:
-        raise DecodeError(f"unknown data tag 0x{buf[offset]:02X}", offset=offset, expected="an A-XDR Data tag")
-    return decoder(buf, offset + 1, 0)
+    try:
+        return _DECODERS[buf[offset]](buf, offset + 1, 0)
+    except _TRUNCATED:
+        raise DecodeError("data runs past the end of the buffer", offset=len(buf), expected="more bytes") from None
 
 
 def decode_all(buf: bytes | bytearray | memoryview) -> Data:

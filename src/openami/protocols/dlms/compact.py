@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 _Decoder = Callable[[bytes, int, int], tuple[Data, int]]
-_CONTAINERS = frozenset((1, 2, 19))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +74,7 @@ def decode_type_description(buf: bytes, offset: int, depth: int = 0) -> tuple[Ty
             member, offset = decode_type_description(buf, offset, depth + 1)
             members.append(member)
         return StructureType(tuple(members)), offset
-    if tag in _CONTAINERS or axdr._DECODERS[tag] is None:
+    if not axdr.is_simple_tag(tag):
         raise DecodeError(f"tag 0x{tag:02X} in a type description", offset=offset - 1, expected="a Data type tag")
     return tag, offset
 
@@ -83,9 +82,7 @@ def decode_type_description(buf: bytes, offset: int, depth: int = 0) -> tuple[Ty
 def _compile(description: TypeDescription) -> _Decoder:
     """Turn a description into a decoder of one untagged element (scalars reuse axdr's table)."""
     if isinstance(description, int):
-        decoder = axdr._DECODERS[description]
-        assert decoder is not None  # checked by decode_type_description
-        return decoder
+        return axdr._DECODERS[description]
     if isinstance(description, ArrayType):
         element = _compile(description.element)
         count = description.count
@@ -120,12 +117,17 @@ def _decode_compact_array(buf: bytes, o: int, depth: int) -> tuple[Data, int]:
     body = buf[:end]  # an element must not read past the contents: bound the buffer, offsets unchanged
     items = Array()
     o = start
-    while o < end:
-        value, after = element(body, o, depth + 1)
-        if after == o:
-            raise DecodeError("compact-array element of zero size", offset=o, expected="elements of non-zero size")
-        items.append(value)
-        o = after
+    try:
+        while o < end:
+            value, after = element(body, o, depth + 1)
+            if after == o:
+                raise DecodeError("compact-array element of zero size", offset=o, expected="non-empty elements")
+            items.append(value)
+            o = after
+    except axdr._TRUNCATED:
+        raise DecodeError(
+            "element overruns the compact-array contents", offset=end, expected="whole elements"
+        ) from None
     return items, end
 
 
@@ -141,7 +143,7 @@ def encode_type_description(description: TypeDescription) -> bytes:
     if isinstance(description, StructureType):
         parts = [encode_type_description(member) for member in description.elements]
         return b"\x02" + encode_length(len(parts)) + b"".join(parts)
-    if not 0 <= description <= 255 or description in _CONTAINERS or axdr._DECODERS[description] is None:
+    if not axdr.is_simple_tag(description):
         raise EncodeError(f"{description} is not a simple Data type tag")
     return bytes((description,))
 
