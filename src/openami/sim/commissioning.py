@@ -1,0 +1,165 @@
+"""The commissioning file: what the platform imports to know the simulated fleet (docs/internal/contracts.md).
+
+It holds every meter's keys by design (it is how a utility's meter supplier hands keys over), so it
+is written with mode 0600 from its first byte (created 0600 under a temporary name, then renamed into
+place) and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from openami.sim.fleet import FIRMWARE, MODEL, Fleet
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "commissioning_document",
+    "read_commissioning",
+    "validate_commissioning",
+    "write_commissioning",
+]
+
+FORMAT = "openami-commissioning"
+VERSION = 1
+
+_SECTIONS: dict[str, frozenset[str]] = {
+    "substations": frozenset({"id", "name"}),
+    "feeders": frozenset({"id", "substation_id"}),
+    "transformers": frozenset({"id", "feeder_id", "phase"}),
+    "premises": frozenset({"id", "address", "critical_care"}),
+    "service_points": frozenset({"id", "premise_id", "transformer_id", "phase"}),
+    "meters": frozenset(
+        {
+            "serial",
+            "kind",
+            "customer_class",
+            "host",
+            "port",
+            "system_title",
+            "model",
+            "firmware",
+            "service_point_id",
+            "keys",
+        }
+    ),
+}
+_TOP = frozenset({"format", "version", "generated_at", "seed", *_SECTIONS})
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def commissioning_document(fleet: Fleet, generated_at: datetime | None = None) -> dict[str, Any]:
+    """The commissioning JSON document of ``fleet`` (exactly the contract's shape)."""
+    when = (generated_at or datetime.now(UTC)).astimezone(UTC)
+    topology = fleet.topology
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "generated_at": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "seed": fleet.config.seed,
+        "substations": [{"id": s.id, "name": s.name} for s in topology.substations],
+        "feeders": [{"id": f.id, "substation_id": f.substation_id} for f in topology.feeders],
+        "transformers": [{"id": t.id, "feeder_id": t.feeder_id, "phase": t.phase.value} for t in topology.transformers],
+        "premises": [{"id": p.id, "address": p.address, "critical_care": p.critical_care} for p in topology.premises],
+        "service_points": [
+            {"id": sp.id, "premise_id": sp.premise_id, "transformer_id": sp.transformer_id, "phase": sp.phase.value}
+            for sp in topology.service_points
+        ],
+        "meters": [
+            {
+                "serial": m.serial,
+                "kind": "electric",
+                "customer_class": m.customer_class.value,
+                "host": m.host,
+                "port": m.port,
+                "system_title": m.system_title.hex(),
+                "model": MODEL,
+                "firmware": FIRMWARE,
+                "service_point_id": m.service_point_id,
+                "keys": {"guek": m.guek.hex(), "gak": m.gak.hex()},
+            }
+            for m in fleet.meters
+        ],
+    }
+
+
+def write_commissioning(path: str | os.PathLike[str], document: dict[str, Any]) -> Path:
+    """Write ``document`` to ``path`` atomically with mode 0600 (replacing any older file)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(json.dumps(document, separators=(",", ":")).encode())
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o600)  # in case a umask or ACL widened what O_CREAT asked for  # noqa: PTH101
+        temporary.replace(target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_commissioning(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a commissioning file (raises ValueError naming the first problem)."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    validate_commissioning(document)
+    return document  # type: ignore[no-any-return]
+
+
+def validate_commissioning(document: Any) -> None:
+    """Check the contract's shape and the references between sections; raise ValueError if wrong."""
+    if not isinstance(document, dict) or set(document) != _TOP:
+        raise ValueError(f"top-level keys must be exactly {sorted(_TOP)}")
+    if document["format"] != FORMAT or document["version"] != VERSION:
+        raise ValueError(f"not an {FORMAT} version {VERSION} document")
+    datetime.fromisoformat(document["generated_at"])
+    ids: dict[str, set[str]] = {}
+    for section, keys in _SECTIONS.items():
+        rows = document[section]
+        for row in rows:
+            if not isinstance(row, dict) or set(row) != keys:
+                raise ValueError(f"{section}: every entry must have exactly the keys {sorted(keys)}")
+        ids[section] = {row.get("id") or row.get("serial") for row in rows}
+        if len(ids[section]) != len(rows):
+            raise ValueError(f"{section}: duplicate ids")
+    _check_references(document, ids)
+    for meter in document["meters"]:
+        _check_meter(meter)
+
+
+def _check_references(document: dict[str, Any], ids: dict[str, set[str]]) -> None:
+    references = (
+        ("feeders", "substation_id", "substations"),
+        ("transformers", "feeder_id", "feeders"),
+        ("service_points", "premise_id", "premises"),
+        ("service_points", "transformer_id", "transformers"),
+        ("meters", "service_point_id", "service_points"),
+    )
+    for section, key, target in references:
+        unknown = {row[key] for row in document[section]} - ids[target]
+        if unknown:
+            raise ValueError(f"{section}.{key} names unknown {target}: {sorted(unknown)[:3]}")
+
+
+def _check_meter(meter: dict[str, Any]) -> None:
+    serial = meter["serial"]
+    if meter["kind"] not in ("electric", "gas", "water") or meter["customer_class"] not in (
+        "residential",
+        "commercial",
+    ):
+        raise ValueError(f"meter {serial}: unknown kind or customer class")
+    if not _HEX16.fullmatch(meter["system_title"]):
+        raise ValueError(f"meter {serial}: system_title must be 16 lowercase hex digits")
+    if set(meter["keys"]) != {"guek", "gak"} or not all(_HEX32.fullmatch(k) for k in meter["keys"].values()):
+        raise ValueError(f"meter {serial}: keys must be guek and gak, 32 hex digits each")  # never echo the keys
+    if not isinstance(meter["port"], int) or not 0 <= meter["port"] <= 65_535:
+        raise ValueError(f"meter {serial}: invalid port")
