@@ -1,0 +1,194 @@
+"""Thin asyncio transports for both roles; the only module of the protocol package with sockets.
+
+Everything protocol-related is sans-IO (``client_connection``, ``server``); this module moves bytes:
+
+- :func:`open_stream` connects a :class:`ClientStream` (write, read with a deadline, close);
+- :func:`start_server` listens and gives each TCP connection its own session object
+  (``receive_data(bytes) -> bytes`` and ``closed``), so one misbehaving peer only ever closes its
+  own connection while the others keep being served;
+- :class:`ServerHooks` lets a fleet runner add latency, drop answers or refuse connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTimeoutError
+
+__all__ = ["ClientStream", "ServerHooks", "SessionLike", "open_stream", "start_server"]
+
+
+class ClientStream(asyncio.Protocol):
+    """A client TCP connection: ``write`` now, ``read`` what arrived (or wait until a deadline)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # asyncio.Protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # the client's side
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for sending; ConnectionClosedError when the connection is gone."""
+        if self._closed or self._transport is None:
+            raise ConnectionClosedError("the connection to the meter is closed")
+        self._transport.write(data)
+
+    async def read(self, deadline: float) -> bytes:
+        """Whatever arrived, waiting until ``deadline`` (loop time) at most.
+
+        Raises DlmsTimeoutError at the deadline, ConnectionClosedError when the peer closed.
+        """
+        while not self._buffer:
+            if self._closed:
+                raise ConnectionClosedError("the meter closed the connection")
+            delay = deadline - self._loop.time()
+            if delay <= 0:
+                raise DlmsTimeoutError("no answer from the meter within the timeout")
+            self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(delay, self._wake)
+            try:
+                await self._waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.close()
+        self._closed = True
+
+
+async def open_stream(host: str, port: int, *, connect_timeout_s: float) -> ClientStream:
+    """Connect to ``host:port`` within ``connect_timeout_s`` (DlmsTimeoutError / ConnectionClosedError).
+
+    asyncio sets TCP_NODELAY on its TCP transports, which request/response traffic needs.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(connect_timeout_s):
+            _, stream = await loop.create_connection(ClientStream, host, port)
+    except TimeoutError:
+        raise DlmsTimeoutError(f"could not connect to {host}:{port} within {connect_timeout_s:g} s") from None
+    except OSError as exc:
+        raise ConnectionClosedError(f"could not connect to {host}:{port}: {exc.strerror or exc}") from None
+    return stream
+
+
+class SessionLike(Protocol):
+    """A sans-IO server session: bytes in, bytes out; ``closed`` asks the transport to hang up."""
+
+    def receive_data(self, data: bytes) -> bytes: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
+class ServerHooks(Protocol):
+    """Network conditions a fleet runner injects into a simulated meter's connection."""
+
+    def accept_connection(self) -> bool:
+        """False: close a new connection at once (meter offline or unreachable)."""
+        ...
+
+    def response_delay(self) -> float | None:
+        """Seconds to hold the next answer; None: drop it (a silent meter)."""
+        ...
+
+
+class _ServerConnection(asyncio.Protocol):
+    def __init__(self, session: SessionLike, hooks: ServerHooks | None) -> None:
+        self._session = session
+        self._hooks = hooks
+        self._transport: asyncio.Transport | None = None
+        self._not_before = 0.0  # delayed answers keep their order
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if self._hooks is not None and not self._hooks.accept_connection():
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            answer = self._session.receive_data(data)
+        except Exception:  # noqa: BLE001 - connection boundary: a session bug closes this connection only
+            transport.abort()
+            return
+        if answer:
+            self._send(transport, answer)
+        if self._session.closed:
+            self._close_after_answers(transport)
+
+    def _send(self, transport: asyncio.Transport, answer: bytes) -> None:
+        delay = 0.0 if self._hooks is None else self._hooks.response_delay()
+        if delay is None:
+            return
+        if delay <= 0 and self._not_before == 0.0:
+            transport.write(answer)
+            return
+        loop = asyncio.get_running_loop()
+        at = max(loop.time() + delay, self._not_before)
+        self._not_before = at
+        loop.call_at(at, _write_if_open, transport, answer)
+
+    def _close_after_answers(self, transport: asyncio.Transport) -> None:
+        if self._not_before:
+            asyncio.get_running_loop().call_at(self._not_before, transport.close)
+        else:
+            transport.close()
+
+
+def _write_if_open(transport: asyncio.Transport, data: bytes) -> None:
+    if not transport.is_closing():
+        transport.write(data)
+
+
+async def start_server(
+    session_factory: Callable[[], SessionLike],
+    host: str,
+    port: int,
+    *,
+    hooks: ServerHooks | None = None,
+    backlog: int = 256,
+) -> asyncio.Server:
+    """Listen on ``host:port`` (0 = an ephemeral port); each connection gets ``session_factory()``.
+
+    The returned server is already serving; close it with ``server.close()`` then
+    ``await server.wait_closed()``.
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _ServerConnection(session_factory(), hooks), host, port, backlog=backlog, reuse_address=True
+    )
