@@ -1,0 +1,230 @@
+"""Running a fleet: worker processes that each host up to ~5,000 meters, and the parent that drives them.
+
+Layout: the parent (``openami sim fleet``, or a test/benchmark through ``start_fleet_processes``)
+builds the fleet, starts P workers (``python -m openami.sim.runner``, each its own asyncio loop),
+hands each its slice of meters as one JSON line on stdin, waits for each to report ``ready``, writes
+the commissioning file and returns a handle. A worker stops on SIGTERM/SIGINT or when its stdin
+closes (so workers never outlive a parent that died). Worker stdout lines: ``bound INDEX PORT`` (only
+when the fleet asked for OS-chosen ports) then ``ready COUNT``; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from openami.sim.commissioning import commissioning_document, write_commissioning
+from openami.sim.fleet import Fleet, FleetConfig, SimMeter, build_fleet
+from openami.sim.serving import serve_meters_of
+
+__all__ = ["FleetHandle", "run_fleet_in_process", "start_fleet_processes", "worker_main"]
+
+_STOP_GRACE_S = 10.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Worker:
+    process: subprocess.Popen[bytes]
+    meters: tuple[SimMeter, ...]
+    lines: queue.Queue[str | None]
+    ready: bool = False
+
+
+class FleetHandle:
+    """A fleet running in worker processes: ``fleet`` (with bound ports), ``commissioning_path``, ``stop()``."""
+
+    def __init__(self, fleet: Fleet, workers: list[_Worker], commissioning_path: Path | None) -> None:
+        self.fleet = fleet
+        self.commissioning_path = commissioning_path
+        self._workers = workers
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def alive(self) -> bool:
+        """True while every worker process runs."""
+        return all(w.process.poll() is None for w in self._workers)
+
+    def stop(self, timeout: float = _STOP_GRACE_S) -> None:
+        """SIGTERM every worker, close their stdin, wait; SIGKILL what is still there after ``timeout``."""
+        for worker in self._workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+            _close_quietly(worker.process.stdin)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            _close_quietly(worker.process.stdout)
+
+    def __enter__(self) -> FleetHandle:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _close_quietly(stream: IO[bytes] | None) -> None:
+    if stream is not None:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+def _pump(stream: IO[bytes], lines: queue.Queue[str | None]) -> None:
+    """Move a worker's stdout lines into a queue until EOF (so its pipe never fills up)."""
+    for raw in stream:
+        lines.put(raw.decode(errors="replace").rstrip("\n"))
+    lines.put(None)
+
+
+def _spawn(meters: tuple[SimMeter, ...], config: FleetConfig) -> _Worker:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "openami.sim.runner"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True, name=f"fleet-{process.pid}").start()
+    job = {"days": config.days, "report_ports": config.port == 0, "meters": [m.to_json() for m in meters]}
+    process.stdin.write(json.dumps(job, separators=(",", ":")).encode() + b"\n")
+    process.stdin.flush()  # and keep it open: its EOF tells the worker that the parent is gone
+    return _Worker(process, meters, lines)
+
+
+def _await_ready(workers: list[_Worker], timeout: float) -> dict[int, int]:
+    """Wait for every worker's ``ready``; return the ports the OS chose (meter index -> port)."""
+    deadline = time.monotonic() + timeout
+    ports: dict[int, int] = {}
+    for number, worker in enumerate(workers):
+        while not worker.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"fleet worker {number} (pid {worker.process.pid}) not ready after {timeout} s")
+            try:
+                line = worker.lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                code = worker.process.wait()
+                raise RuntimeError(f"fleet worker {number} (pid {worker.process.pid}) exited with code {code}")
+            kind, *fields = line.split()
+            if kind == "bound":
+                ports[int(fields[0])] = int(fields[1])
+            elif kind == "ready":
+                worker.ready = True
+    return ports
+
+
+def start_fleet_processes(
+    fleet: Fleet | FleetConfig,
+    *,
+    processes: int | None = None,
+    commissioning_path: str | os.PathLike[str] | None = None,
+    timeout: float = 120.0,
+) -> FleetHandle:
+    """Start the fleet in worker processes and return once every meter listens.
+
+    ``processes`` defaults to enough workers for ``max_meters_per_process`` each. When
+    ``commissioning_path`` is given, the commissioning file (0600) is written there before returning,
+    with the ports actually bound. Raises TimeoutError/RuntimeError (after stopping the workers) when
+    a worker does not come up.
+    """
+    if isinstance(fleet, FleetConfig):
+        fleet = build_fleet(fleet)
+    workers: list[_Worker] = []
+    handle = FleetHandle(fleet, workers, None)
+    try:
+        for part in fleet.partitions(processes):
+            workers.append(_spawn(part, fleet.config))
+        ports = _await_ready(workers, timeout)
+    except BaseException:
+        handle.stop(timeout=2.0)
+        raise
+    if ports:
+        fleet = _with_ports(fleet, ports)
+        handle.fleet = fleet
+    if commissioning_path is not None:
+        handle.commissioning_path = write_commissioning(commissioning_path, commissioning_document(fleet))
+    return handle
+
+
+def _with_ports(fleet: Fleet, ports: dict[int, int]) -> Fleet:
+    meters = tuple(dataclasses.replace(m, port=ports.get(m.index, m.port)) for m in fleet.meters)
+    return dataclasses.replace(fleet, meters=meters)
+
+
+async def run_fleet_in_process(
+    fleet: Fleet | FleetConfig,
+    stop: asyncio.Event,
+    ready: asyncio.Future[Fleet] | None = None,
+) -> None:
+    """Serve the whole fleet in the running event loop until ``stop`` is set (tests, small fleets).
+
+    ``ready`` (if given) receives the fleet with the ports actually bound once every meter listens.
+    """
+    if isinstance(fleet, FleetConfig):
+        fleet = build_fleet(fleet)
+    async with serve_meters_of(fleet.meters, days=fleet.config.days) as ports:
+        if ready is not None and not ready.done():
+            ready.set_result(_with_ports(fleet, ports))
+        await stop.wait()
+
+
+async def _worker(job: dict[str, Any]) -> None:
+    meters: Sequence[SimMeter] = [SimMeter.from_json(m) for m in job["meters"]]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True, name="parent-watch").start()
+    async with serve_meters_of(meters, days=job["days"]) as ports:
+        if job["report_ports"]:
+            sys.stdout.write("".join(f"bound {index} {port}\n" for index, port in ports.items()))
+        sys.stdout.write(f"ready {len(meters)}\n")
+        sys.stdout.flush()
+        await stop.wait()
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Block until the parent closes our stdin (or dies), then stop the worker."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdin.buffer.read()
+    with contextlib.suppress(RuntimeError):  # the loop may already be closed
+        loop.call_soon_threadsafe(stop.set)
+
+
+def _raise_open_files_limit() -> None:
+    """Each meter listens on its own socket: use the hard limit of open files, not the soft one."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource  # noqa: PLC0415 - POSIX only
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def worker_main() -> None:
+    """Entry of ``python -m openami.sim.runner``: one JSON job line on stdin, serve until told to stop."""
+    _raise_open_files_limit()
+    job = json.loads(sys.stdin.buffer.readline())
+    asyncio.run(_worker(job))
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -1,0 +1,82 @@
+"""Turning fleet specs into listening simulated meters in one event loop (a worker, or a test).
+
+Each ``SimMeter`` becomes a ``SimulatedMeter`` whose load is its ``LoadModel``, whose clock is off by
+its ``clock_offset_s``, and whose faults follow its ``FaultKind``: ``slow`` delays every answer,
+``silent`` swallows every request, ``drop`` hangs up after ``drop_after`` answers on each connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from openami.protocols.dlms.aio import SessionLike, start_server
+from openami.sim.fleet import FaultKind, SimMeter
+from openami.sim.loadshape import LoadModel
+from openami.sim.meter import MeterConfig, SimulatedMeter, close_servers
+
+__all__ = ["HangUpAfter", "build_meter", "serve_meters_of"]
+
+
+class HangUpAfter:
+    """A session that closes its connection after ``answers`` answers (a meter that drops the line)."""
+
+    __slots__ = ("_answers", "_inner", "_limit")
+
+    def __init__(self, inner: SessionLike, answers: int) -> None:
+        self._inner = inner
+        self._limit = answers
+        self._answers = 0
+
+    def receive_data(self, data: bytes) -> bytes:
+        answer = self._inner.receive_data(data)
+        if answer:
+            self._answers += 1
+        return answer
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed or self._answers >= self._limit
+
+
+def build_meter(spec: SimMeter, *, days: int) -> tuple[SimulatedMeter, Callable[[], SessionLike]]:
+    """The simulated meter of ``spec`` (faults applied) and the session factory to serve it with."""
+    meter = SimulatedMeter(
+        MeterConfig(
+            serial=spec.serial,
+            system_title=spec.system_title,
+            guek=spec.guek,
+            gak=spec.gak,
+            profile_days=days,
+            clock_offset_s=float(spec.clock_offset_s),
+            load=LoadModel(spec.load),
+        )
+    )
+    factory: Callable[[], SessionLike] = meter.session
+    if spec.fault is FaultKind.SLOW:
+        meter.faults.latency_s = spec.delay_s
+    elif spec.fault is FaultKind.SILENT:
+        meter.faults.silent = True
+    elif spec.fault is FaultKind.DROP:
+        limit = spec.drop_after
+
+        def factory() -> SessionLike:
+            return HangUpAfter(meter.session(), limit)
+
+    return meter, factory
+
+
+@contextlib.asynccontextmanager
+async def serve_meters_of(meters: Sequence[SimMeter], *, days: int) -> AsyncIterator[dict[int, int]]:
+    """Serve ``meters`` in the running loop; yields {meter index: bound port}; closes them on exit."""
+    servers = []
+    ports: dict[int, int] = {}
+    try:
+        for spec in meters:
+            meter, factory = build_meter(spec, days=days)
+            server = await start_server(factory, spec.host, spec.port, hooks=meter.faults)
+            servers.append(server)
+            ports[spec.index] = server.sockets[0].getsockname()[1]
+        yield ports
+    finally:
+        await close_servers(servers)
