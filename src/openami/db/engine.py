@@ -1,0 +1,113 @@
+"""Engine creation for the two supported databases, selected by URL.
+
+SQLite (the embedded default) is opened in WAL mode with foreign keys on, ``synchronous=NORMAL``
+(durable at checkpoints, crash-safe, no fsync per commit) and a busy timeout so that the head-end,
+the MDM and the API can share one file. PostgreSQL is reached through psycopg 3
+(``postgresql+psycopg://``; a bare ``postgresql://`` URL is taken to mean the same).
+
+pysqlite's own transaction handling is kept: it opens a (deferred) transaction right before the
+first write of a unit of work, so a transaction takes the write lock with its first statement and
+never has to upgrade a stale read snapshot (which SQLite would refuse at once, without waiting).
+Repositories therefore do their reads and writes as single atomic statements.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from openami.errors import InvalidInput, StorageUnavailable
+
+__all__ = ["connect_check", "create_engine", "dialect_name", "is_postgres", "safe_url"]
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_CACHE_KIB = 65_536
+PG_CONNECT_TIMEOUT_S = 5
+
+
+def create_engine(url: str | URL, *, check: bool = True, echo: bool = False) -> Engine:
+    """An Engine for ``url``; with ``check`` it connects once so that a database that is down fails now.
+
+    Raises InvalidInput for a URL that is neither SQLite nor PostgreSQL, and StorageUnavailable (with
+    the URL, password hidden, and the driver's reason) when the database cannot be reached.
+    """
+    parsed = _normalise(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(parsed, echo=echo)
+    elif backend == "postgresql":
+        engine = sa.create_engine(
+            parsed,
+            echo=echo,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "openami"},
+        )
+    else:
+        raise InvalidInput(f"unsupported database URL {safe_url(parsed)!r}: use sqlite:///PATH or postgresql://...")
+    if check:
+        connect_check(engine)
+    return engine
+
+
+def connect_check(engine: Engine) -> None:
+    """Open one connection and run ``SELECT 1``; raises StorageUnavailable with a clear reason."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except (exc.OperationalError, exc.InterfaceError) as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else type(error).__name__
+        raise StorageUnavailable(f"database {safe_url(engine.url)} is unavailable: {reason}") from error
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL as text with any password replaced by ``***`` (for messages and logs)."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def dialect_name(conn: Connection | Engine) -> str:
+    """``"sqlite"`` or ``"postgresql"``."""
+    return conn.dialect.name
+
+
+def is_postgres(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _normalise(url: str | URL) -> URL:
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError as error:
+        raise InvalidInput(f"not a database URL: {error}") from None
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageUnavailable(f"database {safe_url(url)} is unavailable: {error.strerror}") from error
+    engine = sa.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB:d}")
+    finally:
+        cursor.close()

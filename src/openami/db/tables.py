@@ -1,0 +1,233 @@
+"""The platform's schema as SQLAlchemy Core tables (the migrations create exactly this).
+
+Time columns come in two kinds (see docs/adr/0003-interval-storage.md):
+
+- hot, per-value columns (``interval_end``, ``received_at``, ``captured_at``, ``superseded_at``) are
+  integer epoch seconds, UTC, on both databases: cheapest to bulk-load, compare and index, and the
+  same numbers the bus messages carry;
+- bookkeeping columns (when a meter was commissioned, a run started, a token expires) are
+  ``UtcDateTime``: timezone-aware UTC datetimes in Python, ``timestamptz`` on PostgreSQL.
+
+``interval_readings`` has a foreign key to ``meters`` only on SQLite (where it costs nothing); on
+PostgreSQL it would run one lookup per COPYed row, so ``readings.write_intervals`` checks the batch's
+meters itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = ["UtcDateTime", "metadata"]
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; a naive datetime is refused."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError("naive datetime given where an aware UTC datetime is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid
+Epoch = sa.BigInteger  # epoch seconds, UTC
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# --- grid topology: substation → feeder → transformer → service point ← premise -------------------
+
+substations = sa.Table(
+    "substations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+)
+
+feeders = sa.Table(
+    "feeders",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("substation_id", sa.String(32), sa.ForeignKey("substations.id"), nullable=False, index=True),
+)
+
+transformers = sa.Table(
+    "transformers",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("feeder_id", sa.String(32), sa.ForeignKey("feeders.id"), nullable=False, index=True),
+    sa.Column("phase", sa.String(3), nullable=False),
+)
+
+premises = sa.Table(
+    "premises",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("address", sa.String(255), nullable=False),
+    sa.Column("critical_care", sa.Boolean(), nullable=False, server_default=sa.false()),
+)
+
+service_points = sa.Table(
+    "service_points",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("premise_id", sa.String(32), sa.ForeignKey("premises.id"), nullable=False, index=True),
+    sa.Column("transformer_id", sa.String(32), sa.ForeignKey("transformers.id"), nullable=False, index=True),
+    sa.Column("phase", sa.String(3), nullable=False),
+)
+
+# --- meters and their keys -------------------------------------------------------------------------
+
+meters = sa.Table(
+    "meters",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("serial", sa.String(32), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("customer_class", sa.String(16), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("port", sa.Integer(), nullable=False),
+    sa.Column("system_title", sa.LargeBinary(8), nullable=False),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("firmware", sa.String(32), nullable=False),
+    sa.Column("service_point_id", sa.String(32), sa.ForeignKey("service_points.id"), nullable=True, index=True),
+    sa.Column("commissioned_at", UtcDateTime(), nullable=False),
+)
+
+meter_keys = sa.Table(
+    "meter_keys",
+    metadata,
+    sa.Column("meter_id", Id, sa.ForeignKey("meters.id"), primary_key=True),
+    sa.Column("key_kind", sa.String(16), primary_key=True),  # "guek", "gak"
+    sa.Column("key_version", sa.Integer(), primary_key=True),  # 1, 2, ... per (meter, kind): rotations
+    sa.Column("kek_id", sa.String(64), nullable=False),  # which master key wrapped it
+    sa.Column("wrapped", sa.LargeBinary(), nullable=False),  # AES-256-GCM: format byte, nonce, ciphertext+tag
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# --- readings -------------------------------------------------------------------------------------
+
+channels = sa.Table(  # reference data for people reading the tables; code is ChannelCode
+    "channels",
+    metadata,
+    sa.Column("code", sa.SmallInteger(), primary_key=True, autoincrement=False),
+    sa.Column("obis", sa.String(32), nullable=False, unique=True),
+    sa.Column("unit", sa.String(16), nullable=False),
+)
+
+interval_readings = sa.Table(  # the current version of every (meter, channel, interval end)
+    "interval_readings",
+    metadata,
+    sa.Column("meter_id", Id, primary_key=True, autoincrement=False),
+    sa.Column("channel", sa.SmallInteger(), primary_key=True, autoincrement=False),  # ChannelCode; unit Wh
+    sa.Column("interval_end", Epoch(), primary_key=True, autoincrement=False),
+    sa.Column("value", sa.Float(53), nullable=False),
+    sa.Column("quality", sa.Integer(), nullable=False),  # domain.readings.Quality flags
+    sa.Column("source", sa.SmallInteger(), nullable=False),  # SourceCode
+    sa.Column("received_at", Epoch(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
+    sqlite_with_rowid=False,
+)
+
+interval_reading_versions = sa.Table(  # superseded versions, written by a trigger on update
+    "interval_reading_versions",
+    metadata,
+    sa.Column("meter_id", Id, primary_key=True, autoincrement=False),
+    sa.Column("channel", sa.SmallInteger(), primary_key=True, autoincrement=False),
+    sa.Column("interval_end", Epoch(), primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("value", sa.Float(53), nullable=False),
+    sa.Column("quality", sa.Integer(), nullable=False),
+    sa.Column("source", sa.SmallInteger(), nullable=False),
+    sa.Column("received_at", Epoch(), nullable=False),
+    sa.Column("superseded_at", Epoch(), nullable=False),  # received_at of the version that replaced it
+    sqlite_with_rowid=False,
+)
+
+register_snapshots = sa.Table(
+    "register_snapshots",
+    metadata,
+    sa.Column("meter_id", Id, sa.ForeignKey("meters.id"), primary_key=True),
+    sa.Column("obis", sa.String(32), primary_key=True),
+    sa.Column("captured_at", Epoch(), primary_key=True, autoincrement=False),
+    sa.Column("value", sa.Float(53), nullable=False),
+    sa.Column("unit", sa.String(16), nullable=False),
+    sa.Column("quality", sa.Integer(), nullable=False),
+    sa.Column("received_at", Epoch(), nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# --- collection bookkeeping -----------------------------------------------------------------------
+
+collection_runs = sa.Table(
+    "collection_runs",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "scheduled", "on-demand", "catch-up"
+    sa.Column("window_start", UtcDateTime(), nullable=False),
+    sa.Column("window_end", UtcDateTime(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    sa.Column("expected", sa.Integer(), nullable=False),
+    sa.Column("received", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("failed", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Index(None, "window_start"),
+)
+
+communication_errors = sa.Table(
+    "communication_errors",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("meter_id", Id, sa.ForeignKey("meters.id"), nullable=False),
+    sa.Column("run_id", Id, sa.ForeignKey("collection_runs.id"), nullable=True, index=True),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("cause", sa.Text(), nullable=False),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False, index=True),
+    sa.Index(None, "meter_id", "occurred_at"),
+)
+
+invocation_counters = sa.Table(  # DLMS invocation counters; only ever move forward
+    "invocation_counters",
+    metadata,
+    sa.Column("meter_id", Id, sa.ForeignKey("meters.id"), primary_key=True),
+    sa.Column("client_ic_next", sa.BigInteger(), nullable=False),  # next IC the head-end will use
+    sa.Column("server_ic_last", sa.BigInteger(), nullable=True),  # last IC accepted from the meter
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# --- API access -----------------------------------------------------------------------------------
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 hex; never the token
+    sa.Column("scopes", sa.String(512), nullable=False),  # space-separated
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=True),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+)
