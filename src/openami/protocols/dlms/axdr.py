@@ -153,7 +153,10 @@ def _enc_visible(value: str, out: bytearray, _depth: int) -> None:
 
 
 def _enc_utf8(value: str, out: bytearray, _depth: int) -> None:
-    raw = value.encode("utf-8")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EncodeError("utf8-string holds a lone surrogate") from None
     out.append(12)
     out += encode_length(len(raw))
     out += raw

@@ -92,8 +92,11 @@ class FixedInt(int):
     min_value: ClassVar[int]
     max_value: ClassVar[int]
 
-    def __init_subclass__(cls, *, tag: int, fmt: str, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, tag: int | None = None, fmt: str | None = None, **kwargs: Any) -> None:
+        """Width subclasses name their tag and struct format; further subclasses inherit them."""
         super().__init_subclass__(**kwargs)
+        if tag is None or fmt is None:
+            return
         cls.tag = tag
         cls.codec = struct.Struct(fmt)
         bits = cls.codec.size * 8
