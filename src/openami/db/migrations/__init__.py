@@ -28,7 +28,6 @@ def alembic_config() -> Config:
     """An Alembic Config pointing at the scripts shipped inside this package."""
     config = Config()
     config.set_main_option("script_location", str(_HERE))
-    config.set_main_option("version_locations", str(_HERE / "versions"))
     return config
 
 

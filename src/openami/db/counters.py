@@ -1,0 +1,101 @@
+"""DLMS invocation counters, persisted so that a restart never reopens a replay window.
+
+``client_ic_next`` is the next invocation counter the head-end will put in a frame to the meter;
+``server_ic_last`` the last one it accepted from the meter. Both only ever move forward: every
+update is a single statement whose SQL refuses to go backwards, whatever the caller passes and
+however many workers race.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from openami.db.tables import UtcDateTime
+from openami.db.tables import invocation_counters as ic
+
+__all__ = ["Counters", "accept_server_ic", "advance", "get", "reserve_client_ics"]
+
+_ADVANCE = sa.text("""
+INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at)
+VALUES (:meter_id, COALESCE(:client, 0), :server, :now)
+ON CONFLICT (meter_id) DO UPDATE SET
+  client_ic_next = CASE WHEN excluded.client_ic_next > invocation_counters.client_ic_next
+                        THEN excluded.client_ic_next ELSE invocation_counters.client_ic_next END,
+  server_ic_last = CASE WHEN invocation_counters.server_ic_last IS NULL
+                          OR excluded.server_ic_last > invocation_counters.server_ic_last
+                        THEN COALESCE(excluded.server_ic_last, invocation_counters.server_ic_last)
+                        ELSE invocation_counters.server_ic_last END,
+  updated_at = excluded.updated_at
+""").bindparams(sa.bindparam("now", type_=UtcDateTime()))
+
+_ENSURE = sa.text("""
+INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at)
+VALUES (:meter_id, 0, NULL, :now) ON CONFLICT (meter_id) DO NOTHING
+""").bindparams(sa.bindparam("now", type_=UtcDateTime()))
+
+
+class Counters(NamedTuple):
+    client_ic_next: int
+    server_ic_last: int | None
+
+
+def get(conn: Connection, meter_id: int) -> Counters:
+    """The meter's counters; ``Counters(0, None)`` for a meter never talked to."""
+    row = conn.execute(
+        sa.select(ic.c.client_ic_next, ic.c.server_ic_last).where(ic.c.meter_id == meter_id)
+    ).one_or_none()
+    return Counters(0, None) if row is None else Counters(int(row[0]), None if row[1] is None else int(row[1]))
+
+
+def advance(
+    conn: Connection,
+    meter_id: int,
+    *,
+    now: datetime,
+    client_ic_next: int | None = None,
+    server_ic_last: int | None = None,
+) -> Counters:
+    """Move either counter forward to the given value; a value not greater than the stored one is ignored.
+
+    Returns the counters as stored afterwards.
+    """
+    conn.execute(_ADVANCE, {"meter_id": meter_id, "client": client_ic_next, "server": server_ic_last, "now": now})
+    return get(conn, meter_id)
+
+
+def reserve_client_ics(conn: Connection, meter_id: int, count: int, *, now: datetime) -> int:
+    """Atomically reserve ``count`` consecutive client invocation counters; returns the first one.
+
+    Reserve before sending: a crash then skips counters but never reuses one.
+    """
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    conn.execute(_ENSURE, {"meter_id": meter_id, "now": now})
+    stmt = (
+        sa.update(ic)
+        .where(ic.c.meter_id == meter_id)
+        .values(client_ic_next=ic.c.client_ic_next + count, updated_at=now)
+        .returning(ic.c.client_ic_next)
+    )
+    return int(conn.execute(stmt).scalar_one()) - count
+
+
+def accept_server_ic(conn: Connection, meter_id: int, invocation_counter: int, *, now: datetime) -> bool:
+    """Record ``invocation_counter`` from the meter if it is greater than the last accepted one.
+
+    Returns False for a replay (equal or smaller): the frame must then be dropped.
+    """
+    conn.execute(_ENSURE, {"meter_id": meter_id, "now": now})
+    stmt = (
+        sa.update(ic)
+        .where(
+            ic.c.meter_id == meter_id,
+            sa.or_(ic.c.server_ic_last.is_(None), ic.c.server_ic_last < invocation_counter),
+        )
+        .values(server_ic_last=invocation_counter, updated_at=now)
+    )
+    return conn.execute(stmt).rowcount == 1

@@ -1,0 +1,227 @@
+"""Interval readings: idempotent, versioned bulk ingest and the queries the head-end, MDM and API need.
+
+Times are integer epoch seconds, UTC (see docs/adr/0003-interval-storage.md). A row is identified by
+(meter, channel, interval end); ``interval_readings`` holds exactly one current version of it and
+``interval_reading_versions`` every version it replaced.
+
+Ingest rules (``write_intervals``):
+
+- a row identical in value, quality and source to the stored one changes nothing (a re-read, a bus
+  redelivery): it counts as *unchanged*;
+- a row that differs becomes the current version (version + 1); the replaced one is kept, stamped
+  with the new row's ``received_at`` as ``superseded_at``: it counts as *superseded*;
+- an estimate never replaces a value that is not itself an estimate (it counts as unchanged), while
+  an actual or a manual value does replace an estimate;
+- the same key twice in one batch is applied in order (the later one supersedes the earlier).
+
+The repository only executes: the caller owns the transaction (``with engine.begin() as conn``) and
+must roll it back if a call raises. Batches of 10,000 rows or more amortise the per-call round trips.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from openami.db import _pg_ingest
+from openami.db.tables import interval_reading_versions as irv
+from openami.db.tables import interval_readings as ir
+from openami.domain.codes import ChannelCode, SourceCode
+from openami.errors import InvalidInput, NotFound
+
+__all__ = [
+    "IngestCounts",
+    "IntervalRecord",
+    "IntervalRow",
+    "count_intervals",
+    "intervals_for_window",
+    "last_actual_interval_end",
+    "last_actual_interval_ends",
+    "read_intervals",
+    "read_versions",
+    "write_intervals",
+]
+
+IntervalRow = tuple[int, int, int, float, int, int, int]
+"""(meter_id, channel: ChannelCode, interval_end: epoch s, value: Wh, quality: Quality flags, source: SourceCode,
+received_at: epoch s)"""
+
+
+class IngestCounts(NamedTuple):
+    inserted: int
+    superseded: int
+    unchanged: int
+
+
+class IntervalRecord(NamedTuple):
+    """One stored version of an interval value (Wh during the interval ending at ``interval_end``)."""
+
+    meter_id: int
+    channel: int
+    interval_end: int
+    value: float
+    quality: int
+    source: int
+    received_at: int
+    version: int
+
+    @property
+    def unit(self) -> str:
+        return ChannelCode(self.channel).unit
+
+
+_SQLITE_UPSERT = """
+INSERT INTO interval_readings AS r (meter_id, channel, interval_end, value, quality, source, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (meter_id, channel, interval_end) DO UPDATE
+  SET value = excluded.value, quality = excluded.quality, source = excluded.source,
+      received_at = excluded.received_at, version = r.version + 1
+  WHERE (r.value IS NOT excluded.value OR r.quality IS NOT excluded.quality OR r.source IS NOT excluded.source)
+    AND NOT (excluded.source = 2 AND r.source <> 2)
+"""  # 2 = SourceCode.ESTIMATED: an estimate never replaces an actual or manual value
+
+_COLUMNS = (ir.c.meter_id, ir.c.channel, ir.c.interval_end, ir.c.value, ir.c.quality, ir.c.source, ir.c.received_at)
+
+
+def write_intervals(conn: Connection, rows: Sequence[IntervalRow]) -> IngestCounts:
+    """Store a batch of interval values idempotently; returns what became of them.
+
+    Raises NotFound when a row names a meter that does not exist and InvalidInput for a row the
+    database refuses (e.g. NaN on SQLite); nothing of the batch should then be committed.
+    """
+    if not rows:
+        return IngestCounts(0, 0, 0)
+    if not conn.in_transaction():
+        conn.begin()
+    raw = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        return IngestCounts(*_pg_ingest.write(cast(Any, raw), rows))
+    return _write_sqlite(cast(sqlite3.Connection, raw), rows)
+
+
+def _write_sqlite(raw: sqlite3.Connection, rows: Sequence[IntervalRow]) -> IngestCounts:
+    before = raw.total_changes
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(_SQLITE_UPSERT, rows)
+    except sqlite3.IntegrityError as error:
+        if "FOREIGN KEY" in str(error):
+            raise NotFound("interval batch refers to an unknown meter id") from None
+        raise InvalidInput(f"interval batch refused by the database: {error}") from None
+    finally:
+        changed = cursor.rowcount
+        cursor.close()
+    # rowcount counts rows inserted or updated by the statement; total_changes also counts the rows
+    # the version trigger copied into interval_reading_versions, one per update.
+    superseded = raw.total_changes - before - changed
+    inserted = changed - superseded
+    return IngestCounts(inserted, superseded, len(rows) - changed)
+
+
+def read_intervals(
+    conn: Connection, meter_id: int, start: int, end: int, channel: int | None = None
+) -> list[IntervalRecord]:
+    """Current versions for one meter with ``start <= interval_end <= end``, by channel then time."""
+    query = sa.select(*_COLUMNS, ir.c.version).where(
+        ir.c.meter_id == meter_id, ir.c.interval_end >= start, ir.c.interval_end <= end
+    )
+    if channel is not None:
+        query = query.where(ir.c.channel == channel)
+    query = query.order_by(ir.c.channel, ir.c.interval_end)
+    return [IntervalRecord(*row) for row in conn.execute(query)]
+
+
+def read_versions(conn: Connection, meter_id: int, channel: int, interval_end: int) -> list[IntervalRecord]:
+    """Every version of one interval value, oldest first; the last one is current. Empty if none."""
+    key = (meter_id, channel, interval_end)
+    history = sa.select(
+        irv.c.meter_id, irv.c.channel, irv.c.interval_end, irv.c.value, irv.c.quality, irv.c.source,
+        irv.c.received_at, irv.c.version,
+    ).where(irv.c.meter_id == key[0], irv.c.channel == key[1], irv.c.interval_end == key[2])  # fmt: skip
+    current = sa.select(*_COLUMNS, ir.c.version).where(
+        ir.c.meter_id == key[0], ir.c.channel == key[1], ir.c.interval_end == key[2]
+    )
+    records = [IntervalRecord(*row) for row in conn.execute(history)]
+    records += [IntervalRecord(*row) for row in conn.execute(current)]
+    return sorted(records, key=lambda r: r.version)
+
+
+def last_actual_interval_end(conn: Connection, meter_id: int, channel: int | None = None) -> int | None:
+    """The latest interval end holding a value that is not an estimate (any channel unless given), or None.
+
+    This is where a catch-up read starts. Each channel costs one backward index probe.
+    """
+    latest: int | None = None
+    for code in _channels(channel):
+        query = (
+            sa.select(ir.c.interval_end)
+            .where(ir.c.meter_id == meter_id, ir.c.channel == code, ir.c.source != int(SourceCode.ESTIMATED))
+            .order_by(ir.c.interval_end.desc())
+            .limit(1)
+        )
+        found = conn.execute(query).scalar_one_or_none()
+        if found is not None and (latest is None or found > latest):
+            latest = int(found)
+    return latest
+
+
+def last_actual_interval_ends(conn: Connection, meter_ids: Sequence[int]) -> dict[int, int | None]:
+    """``last_actual_interval_end`` for many meters (the scheduler plans a whole window at once)."""
+    return {meter_id: last_actual_interval_end(conn, meter_id) for meter_id in meter_ids}
+
+
+def intervals_for_window(
+    conn: Connection,
+    start: int,
+    end: int,
+    *,
+    meter_ids: Sequence[int] | None = None,
+    channel: int | None = None,
+    batch_size: int = 10_000,
+) -> Iterator[IntervalRecord]:
+    """Current versions with ``start <= interval_end <= end``, streamed by meter, channel and time.
+
+    For aggregation and exports; the optional ``meter_ids`` restrict the meters (any number).
+    """
+    if meter_ids is not None and not meter_ids:
+        return
+    chunks: list[Sequence[int] | None] = [None]
+    if meter_ids is not None:
+        ordered = sorted(set(meter_ids))
+        chunks = [ordered[i : i + 500] for i in range(0, len(ordered), 500)]
+    for chunk in chunks:
+        query = sa.select(*_COLUMNS, ir.c.version).where(
+            ir.c.channel.in_(_channels(channel)), ir.c.interval_end >= start, ir.c.interval_end <= end
+        )
+        if chunk is not None:
+            query = query.where(ir.c.meter_id.in_(chunk))
+        query = query.order_by(ir.c.meter_id, ir.c.channel, ir.c.interval_end)
+        result = conn.execution_options(yield_per=batch_size).execute(query)
+        for row in result:
+            yield IntervalRecord(*row)
+
+
+def count_intervals(
+    conn: Connection, start: int, end: int, *, meter_ids: Sequence[int] | None = None
+) -> dict[int, int]:
+    """Stored current values per meter with ``start <= interval_end <= end`` (all channels).
+
+    Give ``meter_ids`` on a large table: without them the whole table is scanned.
+    """
+    query = (
+        sa.select(ir.c.meter_id, sa.func.count())
+        .where(ir.c.channel.in_(_channels(None)), ir.c.interval_end >= start, ir.c.interval_end <= end)
+        .group_by(ir.c.meter_id)
+    )
+    if meter_ids is not None:
+        query = query.where(ir.c.meter_id.in_(list(meter_ids)))
+    return {int(meter_id): int(count) for meter_id, count in conn.execute(query)}
+
+
+def _channels(channel: int | None) -> list[int]:
+    """The channel codes a query covers: constraining the key's second column keeps index scans tight."""
+    return [channel] if channel is not None else [int(c) for c in ChannelCode]
