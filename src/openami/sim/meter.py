@@ -1,0 +1,194 @@
+"""A simulated electricity meter: COSEM objects over a DLMS/COSEM server, indistinguishable on the wire.
+
+Objects (IDIS/DSMR conventions): clock 0.0.1.0.0.255 (optionally drifting), serial
+0.0.96.1.0.255, active energy import 1.0.1.8.0.255 and export 1.0.2.8.0.255 (Wh, scaler 0, unit
+30), the 15-minute load profile 1.0.99.1.0.255 (clock, import, export, status), disconnect control
+0.0.96.3.10.255, security setup 0.0.43.0.0.255, the current association 0.0.40.0.0.255 and the
+management client's next invocation counter 0.0.43.1.1.255. Management client SAP 1 needs HLS-GMAC
+and Suite 0 ciphering; public client SAP 16 may read the clock and the object list only.
+
+:func:`serve_meter`/:func:`serve_meters` host one or thousands of meters in one event loop, each on
+its own address; :class:`MeterFaults` lets a fleet runner make a meter slow, silent or offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from openami.protocols.dlms import obis
+from openami.protocols.dlms.aio import start_server
+from openami.protocols.dlms.axdr import DoubleLongUnsigned
+from openami.protocols.dlms.cosem import (
+    AssociationLN,
+    CaptureObject,
+    Clock,
+    Data,
+    DisconnectControl,
+    LogicalDevice,
+    ProfileGeneric,
+    Register,
+    SecuritySetup,
+)
+from openami.protocols.dlms.cosem.clock import utc_now
+from openami.protocols.dlms.server import ServerConfig, ServerSecurity, ServerSession, management_client, public_client
+from openami.sim.meter_profile import INTERVAL_S, LoadFunction, MeterEnergy, SimulatedProfile, default_load
+
+__all__ = ["MeterConfig", "MeterFaults", "SimulatedMeter", "serve_meter", "serve_meters"]
+
+STATUS = obis.Obis(0, 0, 96, 10, 1, 255)
+"""The profile's status column (Data, class 1)."""
+WH = 30
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """One simulated meter. Keys are 16 bytes, the system title 8 bytes; keys never appear in repr."""
+
+    serial: str
+    system_title: bytes
+    guek: bytes = field(repr=False)
+    gak: bytes = field(repr=False)
+    profile_days: int = 7
+    clock_offset_s: float = 0.0
+    """The meter's clock minus real time (drift), seconds."""
+    load: LoadFunction | None = field(default=None, compare=False)
+    """Wh imported/exported per interval end; None: :func:`default_load` seeded by the serial."""
+    max_pdu_size: int = 1024
+    invocation_counter: int = 0
+    """The meter's own next invocation counter (for its ciphered answers)."""
+
+    def __post_init__(self) -> None:
+        if len(self.system_title) != 8 or len(self.guek) != 16 or len(self.gak) != 16:
+            raise ValueError("a meter needs an 8-byte system title and 16-byte keys")
+        if not 1 <= self.profile_days <= 3660:
+            raise ValueError("profile_days must be 1-3660")
+
+
+@dataclass(slots=True)
+class MeterFaults:
+    """Network conditions of one meter (``aio.ServerHooks``); change them at any time.
+
+    ``offline`` closes new connections at once; ``silent`` swallows every request; otherwise each
+    answer is delayed ``latency_s`` plus up to ``jitter_s`` and dropped with ``drop_probability``.
+    """
+
+    latency_s: float = 0.0
+    jitter_s: float = 0.0
+    drop_probability: float = 0.0
+    silent: bool = False
+    offline: bool = False
+    rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)  # noqa: S311 - simulation, not crypto
+
+    def accept_connection(self) -> bool:
+        return not self.offline
+
+    def response_delay(self) -> float | None:
+        if self.silent or (self.drop_probability and self.rng.random() < self.drop_probability):
+            return None
+        return self.latency_s + (self.rng.random() * self.jitter_s if self.jitter_s else 0.0)
+
+
+class SimulatedMeter:
+    """A meter's logical device, its security state and its energy model.
+
+    ``now`` is the real time (injected in tests); the meter's clock is ``now() + clock_offset``.
+    Registers and profile are commissioned ``profile_days`` before the meter is built.
+    """
+
+    def __init__(self, config: MeterConfig, *, now: Callable[[], datetime] = utc_now) -> None:
+        self.config = config
+        self.faults = MeterFaults()
+        self.clock = Clock(obis.CLOCK, now=now, offset=timedelta(seconds=config.clock_offset_s))
+        started = int(self.clock.time().timestamp())
+        entries = config.profile_days * 86_400 // INTERVAL_S
+        commissioned = started - started % INTERVAL_S - (entries - 1) * INTERVAL_S
+        seed = zlib.crc32(config.serial.encode())
+        self.energy = MeterEnergy(
+            config.load or default_load(config.serial), commissioned, start_import=seed % 5_000_000
+        )
+        self.security = ServerSecurity(
+            config.system_title, config.guek, config.gak, invocation_counter=config.invocation_counter
+        )
+        self.disconnect = DisconnectControl(obis.DISCONNECT_CONTROL, control_mode=1)
+        self.device = self._build_device(SimulatedProfile(self.energy, self.clock.time, entries), entries)
+        self.server_config = ServerConfig(
+            device=self.device,
+            security=self.security,
+            policies={1: management_client(1), 16: public_client(16)},
+            max_pdu_size=config.max_pdu_size,
+            now=now,
+        )
+
+    def _register(self, name: obis.Obis, column: int) -> Register:
+        def value() -> DoubleLongUnsigned:
+            return DoubleLongUnsigned(self.energy.registers_at(self.clock.time().timestamp())[column])
+
+        return Register(name, scaler=0, unit=WH, source=value)
+
+    def _build_device(self, profile: SimulatedProfile, entries: int) -> LogicalDevice:
+        capture = [
+            CaptureObject(8, obis.CLOCK, 2),
+            CaptureObject(3, obis.ACTIVE_IMPORT, 2),
+            CaptureObject(3, obis.ACTIVE_EXPORT, 2),
+            CaptureObject(1, STATUS, 2),
+        ]
+        return LogicalDevice(
+            [
+                self.clock,
+                Data(obis.SERIAL, self.config.serial),
+                self._register(obis.ACTIVE_IMPORT, 0),
+                self._register(obis.ACTIVE_EXPORT, 1),
+                ProfileGeneric(
+                    obis.LOAD_PROFILE,
+                    capture_objects=capture,
+                    capture_period=INTERVAL_S,
+                    source=profile,
+                    profile_entries=entries,
+                ),
+                self.disconnect,
+                SecuritySetup(obis.SECURITY_SETUP, server_system_title=self.config.system_title),
+                AssociationLN(obis.CURRENT_ASSOCIATION),
+                Data(
+                    obis.INVOCATION_COUNTER,
+                    source=lambda: DoubleLongUnsigned(self.security.expected_client_ic(1) & 0xFFFFFFFF),
+                ),
+            ]
+        )
+
+    def session(self) -> ServerSession:
+        """A fresh association handler for one TCP connection."""
+        return ServerSession(self.server_config)
+
+    def __repr__(self) -> str:
+        return f"SimulatedMeter({self.config.serial!r})"
+
+
+async def serve_meter(meter: SimulatedMeter, host: str = "127.0.0.1", port: int = 4059) -> asyncio.Server:
+    """Listen for DLMS/COSEM clients of one meter on ``host:port`` (port 0 = ephemeral)."""
+    return await start_server(meter.session, host, port, hooks=meter.faults)
+
+
+async def serve_meters(meters: Iterable[tuple[SimulatedMeter, str, int]]) -> list[asyncio.Server]:
+    """Serve many meters in this event loop, each on its own (host, port), e.g. 127.0.x.y:4059.
+
+    Raises the process's open-file limit to its hard limit first (one listening socket per meter,
+    plus one per open connection). Close them with :func:`close_servers`.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return [await serve_meter(meter, host, port) for meter, host, port in meters]
+
+
+async def close_servers(servers: Iterable[asyncio.Server]) -> None:
+    """Stop listening and wait for the servers to close."""
+    servers = list(servers)
+    for server in servers:
+        server.close()
+    await asyncio.gather(*(server.wait_closed() for server in servers))
