@@ -280,7 +280,8 @@ def decipher_apdu(
 
     ``system_title`` is the sender's (needed for glo/ded forms; for ``DB`` the APDU carries it and,
     when given, it must match). With ``replay_guard`` the counter is checked before and recorded
-    after successful verification. Raises DecodeError (malformed), AuthenticationTagError (tag does
+    after successful verification (which needs the authentication bit; encryption-only APDUs are
+    refused with SecurityError when a guard is given). Raises DecodeError (malformed), AuthenticationTagError (tag does
     not verify), ReplayError (stale counter) or SecurityError (unsupported security control).
     """
     data = bytes(apdu)
@@ -315,6 +316,9 @@ def decipher_apdu(
     _check_inputs(sender_title, invocation_counter, ek, ak)
     _check_security_control(security_control)
     if replay_guard is not None:
+        if not security_control & SecurityControl.AUTHENTICATED:
+            # an unauthenticated counter could be forged to push the guard forward: fail closed
+            raise SecurityError("replay protection needs authenticated APDUs (security control without bit 4)")
         replay_guard.check(invocation_counter)
     plaintext = _unprotect(data[pos + 5 :], security_control, sender_title + data[pos + 1 : pos + 5], ek, ak)
     if replay_guard is not None:

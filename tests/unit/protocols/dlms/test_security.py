@@ -247,6 +247,13 @@ def test_forged_apdu_does_not_advance_the_replay_guard() -> None:
     assert guard.last_accepted == 1
 
 
+def test_replay_guard_refuses_unauthenticated_apdus() -> None:
+    guard = ReplayGuard(last_accepted=1)
+    with pytest.raises(SecurityError, match="authenticated"):
+        decipher_apdu(_cipher(sc=0x20, ic=1000), system_title=CLIENT_TITLE, ek=EK, ak=AK, replay_guard=guard)
+    assert guard.last_accepted == 1
+
+
 def test_replay_guard_check_and_advance() -> None:
     guard = ReplayGuard(last_accepted=10)
     guard.check_and_advance(11)
