@@ -53,6 +53,10 @@ class ClientStream(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    def deadline(self, timeout_s: float) -> float:
+        """The loop time ``timeout_s`` from now (for :meth:`read`)."""
+        return self._loop.time() + timeout_s
+
     def write(self, data: bytes) -> None:
         """Queue bytes for sending; ConnectionClosedError when the connection is gone."""
         if self._closed or self._transport is None:
