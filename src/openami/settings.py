@@ -34,6 +34,16 @@ class VeeSettings(BaseModel):
     typical_min_values: int = Field(default=8, ge=1)  # nonzero values needed for a read's own typical
 
 
+class HeadEndSettings(BaseModel):
+    """The head-end's own DLMS identity (its client system title: 3-letter maker code + 5 bytes)."""
+
+    system_title_hex: str = Field(default="4F414D4845000001", pattern=r"^[0-9A-Fa-f]{16}$")
+
+    @property
+    def system_title(self) -> bytes:
+        return bytes.fromhex(self.system_title_hex)
+
+
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8059, ge=0, le=65535)
@@ -49,6 +59,7 @@ class Settings(BaseSettings):
     master_key_file: Path | None = None
     master_key: SecretBytes | None = None
     api: ApiSettings = ApiSettings()
+    headend: HeadEndSettings = HeadEndSettings()
     collection: CollectionSettings = CollectionSettings()
     vee: VeeSettings = VeeSettings()
 

@@ -1,0 +1,24 @@
+"""The FastAPI application: routers, problem+json errors, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from openami import __version__
+from openami.api import problems
+from openami.api.routers import collection, meters, public
+from openami.services.context import Platform
+
+
+def create_app(platform: Platform) -> FastAPI:
+    app = FastAPI(
+        title="openami",
+        version=__version__,
+        description="AMI head-end and meter data management. Every route but /health needs a bearer token.",
+    )
+    app.state.platform = platform
+    problems.install(app)
+    app.include_router(public.router)
+    app.include_router(meters.router)
+    app.include_router(collection.router)
+    return app

@@ -1,0 +1,1 @@
+"""API routers; every group but ``public`` requires a bearer token."""

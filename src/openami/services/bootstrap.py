@@ -1,0 +1,73 @@
+"""Builds and tears down a platform process: storage, keys, bus, MDM, head-end, scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import Engine
+
+from openami.bus import InProcessBus
+from openami.db import tokens as token_repo
+from openami.db.engine import create_engine
+from openami.db.migrations import upgrade
+from openami.headend.collector import Collector
+from openami.headend.scheduler import Scheduler
+from openami.mdm.ingest import Ingestor
+from openami.security.keystore import master_key_provider
+from openami.services.context import ALL_SCOPES, Platform
+from openami.services.meters import load_targets
+from openami.settings import Settings
+
+
+def open_storage(settings: Settings) -> Engine:
+    """Engine for the configured database, migrated to head; StorageUnavailable if it is down."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    upgrade(engine)
+    return engine
+
+
+def ensure_admin_token(engine: Engine, *, now: datetime) -> str | None:
+    """On first run (no token exists) create an all-scopes admin token and return it, once."""
+    with engine.begin() as conn:
+        if token_repo.list_tokens(conn):
+            return None
+        _, token = token_repo.create_token(conn, "admin", [ALL_SCOPES], now=now)
+    return token
+
+
+def build_platform(
+    settings: Settings, *, engine: Engine | None = None, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> Platform:
+    """Everything wired together; call ``start_platform`` inside the event loop before use."""
+    engine = engine or open_storage(settings)
+    keystore = master_key_provider(settings)
+    bus = InProcessBus()
+    ingestor = Ingestor(engine, settings.vee, bus=bus)
+    ingestor.subscribe(bus)
+    collector = Collector(
+        engine,
+        bus,
+        load_targets(engine, keystore),
+        client_system_title=settings.headend.system_title,
+        settings=settings.collection,
+        now=now,
+    )
+    scheduler = Scheduler(collector, settings.collection, now=now)
+    return Platform(settings, engine, keystore, bus, ingestor, collector, scheduler, now)
+
+
+def reload_targets(platform: Platform) -> int:
+    """Pick up meters imported since start; returns how many the head-end now knows."""
+    platform.collector.targets = load_targets(platform.engine, platform.keystore)
+    return len(platform.collector.targets)
+
+
+async def stop_platform(platform: Platform) -> None:
+    """Flush everything in flight (counters, readings) and close the bus."""
+    await platform.collector.close()
+    await platform.bus.drain()
+    await platform.ingestor.close()
+    await platform.bus.close()
+    platform.engine.dispose()

@@ -1,0 +1,76 @@
+"""Meter registry services: commissioning import, listing, and loading read targets with their keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from openami.db import meters as meter_repo
+from openami.domain.meters import Meter
+from openami.errors import InvalidInput
+from openami.headend.reader import MeterTarget
+from openami.security.keystore import MasterKeyProvider, MeterKeys, load_meter_keys, store_meter_keys
+from openami.services.context import RequestScope
+
+SCOPE_READ = "meters:read"
+SCOPE_IMPORT = "meters:import"
+
+
+def import_commissioning(
+    engine: Engine, keystore: MasterKeyProvider, document: Mapping[str, Any], *, now: Any
+) -> dict[str, int]:
+    """Load a commissioning document: topology, meters and their keys (wrapped), in one transaction."""
+    try:
+        key_hex = {m["serial"]: m["keys"] for m in document.get("meters", [])}
+        keys = {serial: MeterKeys.from_hex(k["guek"], k["gak"]) for serial, k in key_hex.items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInput(
+            f"malformed commissioning document: missing or bad meter keys ({type(exc).__name__})"
+        ) from None
+    with engine.begin() as conn:
+        ids = meter_repo.import_commissioning(conn, document, now=now)
+        for serial, meter_id in ids.items():
+            store_meter_keys(conn, keystore, meter_id, keys[serial], now=now)
+    return ids
+
+
+def load_targets(engine: Engine, keystore: MasterKeyProvider) -> dict[int, MeterTarget]:
+    """Every registered meter as a read target, keys unwrapped in memory only."""
+    targets: dict[int, MeterTarget] = {}
+    with engine.connect() as conn:
+        after: int | None = None
+        while page := meter_repo.list_meters(conn, after_id=after, limit=1000):
+            for meter in page:
+                keys = load_meter_keys(conn, keystore, meter.id)
+                targets[meter.id] = MeterTarget(
+                    meter_id=meter.id,
+                    serial=meter.serial,
+                    host=meter.host,
+                    port=meter.port,
+                    system_title=meter.system_title,
+                    customer_class=meter.customer_class,
+                    guek=keys.guek,
+                    gak=keys.gak,
+                )
+            after = page[-1].id
+    return targets
+
+
+def list_meters(engine: Engine, scope: RequestScope, *, after_id: int | None, limit: int) -> list[Meter]:
+    scope.require(SCOPE_READ)
+    with engine.connect() as conn:
+        return meter_repo.list_meters(conn, after_id=after_id, limit=limit)
+
+
+def count_meters(engine: Engine, scope: RequestScope) -> int:
+    scope.require(SCOPE_READ)
+    with engine.connect() as conn:
+        return meter_repo.count_meters(conn)
+
+
+def get_meter(engine: Engine, scope: RequestScope, meter_id: int) -> Meter:
+    scope.require(SCOPE_READ)
+    with engine.connect() as conn:
+        return meter_repo.get_meter(conn, meter_id)
