@@ -38,6 +38,7 @@ __all__ = [
     "IntervalRecord",
     "IntervalRow",
     "count_intervals",
+    "first_estimated_interval_ends",
     "intervals_for_window",
     "last_actual_interval_end",
     "last_actual_interval_ends",
@@ -225,3 +226,24 @@ def count_intervals(
 def _channels(channel: int | None) -> list[int]:
     """The channel codes a query covers: constraining the key's second column keeps index scans tight."""
     return [channel] if channel is not None else [int(c) for c in ChannelCode]
+
+
+def first_estimated_interval_ends(conn: Connection, meter_ids: Sequence[int], since: int) -> dict[int, int]:
+    """The earliest interval end after ``since`` whose current value is an estimate, per meter that has one.
+
+    The head-end re-reads from there, so that a gap filled by an estimate is asked for again.
+    """
+    found: dict[int, int] = {}
+    ordered = sorted(set(meter_ids))
+    for i in range(0, len(ordered), 500):
+        query = (
+            sa.select(ir.c.meter_id, sa.func.min(ir.c.interval_end))
+            .where(
+                ir.c.meter_id.in_(ordered[i : i + 500]),
+                ir.c.interval_end > since,
+                ir.c.source == int(SourceCode.ESTIMATED),
+            )
+            .group_by(ir.c.meter_id)
+        )
+        found.update({int(meter_id): int(end) for meter_id, end in conn.execute(query)})
+    return found
