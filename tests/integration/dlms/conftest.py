@@ -19,6 +19,7 @@ from openami.protocols.dlms.aio import open_stream
 from openami.protocols.dlms.client import ClientSettings
 from openami.protocols.dlms.client_connection import Associate, ClientConnection
 from openami.protocols.dlms.connection import NEED_DATA
+from openami.protocols.dlms.session_errors import ConnectionClosedError
 from openami.protocols.dlms.wrapper import WrapperFramer, encode_wrapper
 from openami.sim.meter import MeterConfig, SimulatedMeter, close_servers, serve_meter
 
@@ -108,8 +109,8 @@ class RawSession:
         deadline = self.stream.deadline(5.0)
         try:
             data = await self.stream.read(deadline)
-        except Exception as exc:  # noqa: BLE001
-            return type(exc).__name__ == "ConnectionClosedError"
+        except ConnectionClosedError:
+            return True
         return not data
 
     def close(self) -> None:

@@ -11,6 +11,8 @@ from openami.protocols.dlms.apdu import DataAccessResult
 from openami.protocols.dlms.axdr import DoubleLongUnsigned, Enum, Integer
 from openami.protocols.dlms.client import ClientSettings, DlmsClient
 from openami.protocols.dlms.client_connection import ClientState
+from openami.protocols.dlms.cosem_time import CosemDateTime
+from openami.protocols.dlms.errors import ReplayError
 from openami.protocols.dlms.obis import (
     ACTIVE_EXPORT,
     ACTIVE_IMPORT,
@@ -136,8 +138,6 @@ async def test_disconnect_and_reconnect_by_action(
 
 
 async def test_set_clock_moves_the_meter_clock(management: Callable[..., ClientSettings]) -> None:
-    from openami.protocols.dlms.cosem_time import CosemDateTime
-
     target = datetime.now(UTC) + timedelta(hours=1)
     async with DlmsClient(management()) as client:
         await client.set(CLOCK, 8, 2, CosemDateTime.from_datetime(target).to_bytes())
@@ -172,8 +172,6 @@ async def test_meter_rejects_replayed_server_counter_on_the_client_side(
         await client.get(SERIAL, 1, 2)
         last = client.server_invocation_counter
     # A client that already accepted a higher counter from this meter refuses the meter's answers.
-    from openami.protocols.dlms.errors import ReplayError
-
     with pytest.raises(ReplayError):
         async with DlmsClient(management(invocation_counter=1000, server_invocation_counter=last + 1000)):
             pass
