@@ -1,0 +1,170 @@
+"""`openami bench ingest --values N [--db sqlite|postgres|both] [--url URL]`: MDM ingest + VEE throughput.
+
+Generates N synthetic interval values (daily reads of 96 intervals x 2 channels over many meters,
+with a few gaps, spikes and faulty clocks; see _ingest_data.py) and feeds them, batch by batch,
+through the MDM's ``Ingestor`` (VEE, then one storage transaction per batch) into a fresh SQLite
+file and/or PostgreSQL. Without ``--url`` PostgreSQL is a private cluster started like the test
+suite's (tests/pg.py), durable (fsync on), and removed afterwards. Generation is not timed.
+
+Prints ONE JSON object on stdout, e.g. {"values": N, "sqlite_values_per_s": ..., "postgres_values_per_s":
+..., "vee_only_values_per_s": ..., "peak_rss_mb": ...}; a progress bar goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py: the same private cluster as the test suite
+
+from _ingest_data import Generator  # noqa: E402
+from openami.db.engine import create_engine  # noqa: E402
+from openami.db.meters import MeterSpec, upsert_meters  # noqa: E402
+from openami.db.migrations import upgrade  # noqa: E402
+from openami.domain.meters import CustomerClass, MeterKind  # noqa: E402
+from openami.mdm.ingest import Ingestor  # noqa: E402
+from openami.mdm.vee import MeterState, validate  # noqa: E402
+from openami.settings import VeeSettings  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="openami bench ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--values", type=int, default=1_000_000, help="interval values to ingest (default 1e6)")
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--url", help="PostgreSQL URL to use instead of a private cluster (must be empty)")
+    parser.add_argument("--meters", type=int, default=10_000, help="meters the values are spread over")
+    parser.add_argument("--batch-values", type=int, default=100_000, help="values per ingest transaction")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    meters = max(1, min(args.meters, args.values // 192 or 1))
+    result: dict[str, object] = {"values": args.values, "meters": meters, "batch_values": args.batch_values}
+    console = Console(stderr=True)
+    result["vee_only_values_per_s"] = _vee_only(min(args.values, 1_000_000), meters, args.seed)
+    targets = ("sqlite", "postgres") if args.db == "both" else (args.db,)
+    with _progress(console) as progress:
+        for kind in targets:
+            with _database(kind, args.url) as url:
+                stats = _run(url, kind, args, meters, progress)
+            result.update({f"{kind}_{name}": value for name, value in stats.items()})
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _vee_only(values: int, meters: int, seed: int) -> int:
+    """VEE alone (no storage), for the budget split: values/s on one core."""
+    reads = list(Generator(meters, seed).reads(values))
+    settings = VeeSettings()
+    states: dict[int, MeterState] = {}
+    count = 0
+    start = time.perf_counter()
+    for msg in reads:
+        vee = validate(msg, settings, states.get(msg.meter_id))
+        states[msg.meter_id] = vee.state
+        count += msg.value_count
+    return round(count / (time.perf_counter() - start))
+
+
+@contextlib.contextmanager
+def _database(kind: str, url: str | None) -> Iterator[str]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="openami-bench-") as tmp:
+            yield f"sqlite:///{tmp}/bench.sqlite3"
+        return
+    if url:
+        yield url
+        return
+    from tests.pg import PostgresCluster  # noqa: PLC0415 - only when a private cluster is needed
+
+    cluster = PostgresCluster.start(durable=True)
+    try:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE openami_bench")
+        yield cluster.url("openami_bench")
+    finally:
+        cluster.stop()
+
+
+def _add_meters(engine_url: str, count: int) -> list[int]:
+    specs = [
+        MeterSpec(
+            serial=f"BENCH{n:09d}",
+            kind=MeterKind.ELECTRIC,
+            customer_class=CustomerClass.RESIDENTIAL,
+            host="127.0.0.1",
+            port=4059,
+            system_title=n.to_bytes(8, "big"),
+            model="openami-sim-e1",
+            firmware="1.0.0",
+        )
+        for n in range(1, count + 1)
+    ]
+    engine = create_engine(engine_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            ids = upsert_meters(conn, specs, now=datetime.now(UTC))
+    finally:
+        engine.dispose()
+    return [ids[s.serial] for s in specs]
+
+
+def _run(url: str, kind: str, args: argparse.Namespace, meters: int, progress: Progress) -> dict[str, float]:
+    ids = _add_meters(url, meters)
+    generator = Generator(meters, args.seed, meter_ids=ids)
+    engine = create_engine(url)
+    ingestor = Ingestor(engine, VeeSettings())
+    per_batch = max(1, args.batch_values // 192)
+    task = progress.add_task(f"ingest {kind}", total=args.values, rate="")
+    reads = generator.reads(args.values)
+    elapsed = 0.0
+    values = rows = estimated = flagged = 0
+    try:
+        while batch := list(islice(reads, per_batch)):
+            start = time.perf_counter()
+            outcome = ingestor.ingest(batch)
+            elapsed += time.perf_counter() - start
+            delivered = sum(msg.value_count for msg in batch)
+            values += delivered
+            rows += outcome.inserted + outcome.superseded + outcome.unchanged
+            estimated += outcome.estimated
+            flagged += outcome.flagged
+            progress.update(task, advance=delivered, rate=f"{values / elapsed:,.0f} values/s")
+    finally:
+        engine.dispose()
+    return {
+        "values_per_s": round(values / elapsed),
+        "seconds": round(elapsed, 2),
+        "rows": rows,
+        "estimated": estimated,
+        "flagged": flagged,
+    }
+
+
+if __name__ == "__main__":
+    main()
