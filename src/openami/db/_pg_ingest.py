@@ -26,7 +26,7 @@ from openami.errors import NotFound
 Row = tuple[int, int, int, float, int, int, int]
 
 _COLUMNS = "meter_id, channel, interval_end, value, quality, source, received_at"
-_TYPES = ["int8", "int2", "int8", "float8", "int4", "int2", "int8"]
+_TYPES = ["int4", "int2", "int8", "float8", "int4", "int2", "int8"]
 _STAGE = "openami_interval_stage"
 
 _CLASSIFY = """
@@ -34,7 +34,7 @@ SELECT p.meter_id, p.channel,
        EXISTS (SELECT 1 FROM meters m WHERE m.id = p.meter_id) AS known,
        EXISTS (SELECT 1 FROM interval_readings r
                WHERE r.meter_id = p.meter_id AND r.channel = p.channel AND r.interval_end >= p.lo) AS hot
-FROM unnest(%s::int8[], %s::int2[], %s::int8[]) AS p(meter_id, channel, lo)
+FROM unnest(%s::int4[], %s::int2[], %s::int8[]) AS p(meter_id, channel, lo)
 WHERE NOT EXISTS (SELECT 1 FROM meters m WHERE m.id = p.meter_id)
    OR EXISTS (SELECT 1 FROM interval_readings r
               WHERE r.meter_id = p.meter_id AND r.channel = p.channel AND r.interval_end >= p.lo)
@@ -42,7 +42,7 @@ WHERE NOT EXISTS (SELECT 1 FROM meters m WHERE m.id = p.meter_id)
 
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
-  meter_id int8, channel int2, interval_end int8, value float8, quality int4, source int2, received_at int8
+  meter_id int4, channel int2, interval_end int8, value float8, quality int4, source int2, received_at int8
 ) ON COMMIT DELETE ROWS
 """
 

@@ -19,6 +19,7 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_METER_ID = sa.Integer
 
 _SQLITE_VERSION_TRIGGER = """
 CREATE TRIGGER interval_readings_keep_version AFTER UPDATE ON interval_readings
@@ -111,7 +112,7 @@ def _topology() -> None:
 def _meters() -> None:
     op.create_table(
         "meters",
-        sa.Column("id", _ID, nullable=False, autoincrement=True),
+        sa.Column("id", _METER_ID(), nullable=False, autoincrement=True),
         sa.Column("serial", sa.String(32), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("customer_class", sa.String(16), nullable=False),
@@ -129,7 +130,7 @@ def _meters() -> None:
     op.create_index("ix_meters_service_point_id", "meters", ["service_point_id"])
     op.create_table(
         "meter_keys",
-        sa.Column("meter_id", _ID, nullable=False),
+        sa.Column("meter_id", _METER_ID(), nullable=False),
         sa.Column("key_kind", sa.String(16), nullable=False),
         sa.Column("key_version", sa.Integer(), nullable=False),
         sa.Column("kek_id", sa.String(64), nullable=False),
@@ -140,7 +141,7 @@ def _meters() -> None:
     )
     op.create_table(
         "invocation_counters",
-        sa.Column("meter_id", _ID, nullable=False),
+        sa.Column("meter_id", _METER_ID(), nullable=False),
         sa.Column("client_ic_next", sa.BigInteger(), nullable=False),
         sa.Column("server_ic_last", sa.BigInteger(), nullable=True),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
@@ -166,13 +167,13 @@ def _readings(dialect: str) -> None:
     meter_fk = [_fk("meter_id", "meters.id", "interval_readings")] if dialect == "sqlite" else []
     op.create_table(
         "interval_readings",
-        sa.Column("meter_id", _ID, nullable=False, autoincrement=False),
+        sa.Column("meter_id", _METER_ID(), nullable=False, autoincrement=False),
         sa.Column("channel", sa.SmallInteger(), nullable=False, autoincrement=False),
+        sa.Column("source", sa.SmallInteger(), nullable=False),
         sa.Column("interval_end", sa.BigInteger(), nullable=False, autoincrement=False),
         sa.Column("value", sa.Float(53), nullable=False),
-        sa.Column("quality", sa.Integer(), nullable=False),
-        sa.Column("source", sa.SmallInteger(), nullable=False),
         sa.Column("received_at", sa.BigInteger(), nullable=False),
+        sa.Column("quality", sa.Integer(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
         _pk("meter_id", "channel", "interval_end", table="interval_readings"),
         *meter_fk,
@@ -180,7 +181,7 @@ def _readings(dialect: str) -> None:
     )
     op.create_table(
         "interval_reading_versions",
-        sa.Column("meter_id", _ID, nullable=False, autoincrement=False),
+        sa.Column("meter_id", _METER_ID(), nullable=False, autoincrement=False),
         sa.Column("channel", sa.SmallInteger(), nullable=False, autoincrement=False),
         sa.Column("interval_end", sa.BigInteger(), nullable=False, autoincrement=False),
         sa.Column("version", sa.Integer(), nullable=False, autoincrement=False),
@@ -200,7 +201,7 @@ def _readings(dialect: str) -> None:
         op.execute(_SQLITE_VERSION_TRIGGER)
     op.create_table(
         "register_snapshots",
-        sa.Column("meter_id", _ID, nullable=False),
+        sa.Column("meter_id", _METER_ID(), nullable=False),
         sa.Column("obis", sa.String(32), nullable=False),
         sa.Column("captured_at", sa.BigInteger(), nullable=False, autoincrement=False),
         sa.Column("value", sa.Float(53), nullable=False),
@@ -231,7 +232,7 @@ def _operations() -> None:
     op.create_table(
         "communication_errors",
         sa.Column("id", _ID, nullable=False, autoincrement=True),
-        sa.Column("meter_id", _ID, nullable=False),
+        sa.Column("meter_id", _METER_ID(), nullable=False),
         sa.Column("run_id", _ID, nullable=True),
         sa.Column("step", sa.String(64), nullable=False),
         sa.Column("cause", sa.Text(), nullable=False),
