@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from openami.db import _pg_ingest
 from openami.db.tables import interval_reading_versions as irv
 from openami.db.tables import interval_readings as ir
+from openami.db.tables import meters
 from openami.domain.codes import ChannelCode, SourceCode
 from openami.errors import InvalidInput, NotFound
 
@@ -171,8 +172,28 @@ def last_actual_interval_end(conn: Connection, meter_id: int, channel: int | Non
 
 
 def last_actual_interval_ends(conn: Connection, meter_ids: Sequence[int]) -> dict[int, int | None]:
-    """``last_actual_interval_end`` for many meters (the scheduler plans a whole window at once)."""
-    return {meter_id: last_actual_interval_end(conn, meter_id) for meter_id in meter_ids}
+    """``last_actual_interval_end`` for many meters (the scheduler plans a whole window at once).
+
+    One statement per channel and 500 meters, each meter costing one backward index probe.
+    """
+    latest: dict[int, int | None] = dict.fromkeys(meter_ids)
+    ordered = sorted(latest)
+    for code in _channels(None):
+        for i in range(0, len(ordered), 500):
+            chunk = ordered[i : i + 500]
+            newest = (
+                sa.select(ir.c.interval_end)
+                .where(ir.c.meter_id == meters.c.id, ir.c.channel == code, ir.c.source != int(SourceCode.ESTIMATED))
+                .order_by(ir.c.interval_end.desc())
+                .limit(1)
+                .correlate(meters)
+                .scalar_subquery()
+            )
+            for meter_id, end in conn.execute(sa.select(meters.c.id, newest).where(meters.c.id.in_(chunk))):
+                current = latest[meter_id]
+                if end is not None and (current is None or end > current):
+                    latest[meter_id] = int(end)
+    return latest
 
 
 def intervals_for_window(

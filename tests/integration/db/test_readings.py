@@ -11,6 +11,7 @@ from openami.db.readings import (
     count_intervals,
     intervals_for_window,
     last_actual_interval_end,
+    last_actual_interval_ends,
     read_intervals,
     read_versions,
     write_intervals,
@@ -85,6 +86,7 @@ def test_actual_replaces_estimate_but_estimate_never_replaces_actual(engine: Eng
     assert write(engine, late_estimate) == IngestCounts(0, 0, 8)
     with engine.connect() as conn:
         assert last_actual_interval_end(conn, meter) == T0 + 7 * 900
+        assert last_actual_interval_ends(conn, [meter, meter + 1]) == {meter: T0 + 7 * 900, meter + 1: None}
         assert {r.source for r in read_intervals(conn, meter, T0, T0 + 7 * 900)} == {METER}
         history = read_versions(conn, meter, IMP, T0 + 4 * 900)
     assert [(v.version, v.source) for v in history] == [(1, EST), (2, METER)]
