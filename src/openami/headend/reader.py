@@ -116,7 +116,8 @@ async def read_meter(
             steps.current = "profile"
             rows = await client.read_profile(
                 obis_codes.LOAD_PROFILE,
-                datetime.fromtimestamp(first_end, UTC),
+                # one capture earlier than the first interval: its register value starts the first delta
+                datetime.fromtimestamp(first_end - INTERVAL_S, UTC),
                 datetime.fromtimestamp(last_end, UTC),
             )
             steps.current = "release"
@@ -168,21 +169,28 @@ def _collected(
     registers: tuple[RegisterSnapshot, ...],
     scalers: tuple[int, ...],
 ) -> CollectedReadings:
-    """Columnar readings; profile columns are (import, export, status) after the clock."""
+    """Columnar interval energies from profile rows (clock, cumulative import, cumulative export, status)."""
     first_end, last_end = requested
     import_factor, export_factor = 10.0 ** scalers[0], 10.0 ** scalers[1]
     ends: list[int] = []
     imports: list[float] = []
     exports: list[float] = []
     status: list[int] = []
+    previous: tuple[int, float, float] | None = None
     for row in rows:
         end = int(row.clock.timestamp())
-        if not first_end <= end <= last_end or (ends and end <= ends[-1]):
-            continue  # outside what was asked, or out of order: the meter's clock is off, VEE flags it
-        ends.append(end)
-        imports.append(_number(row.values[0]) * import_factor)
-        exports.append(_number(row.values[1]) * export_factor)
-        status.append(int(_number(row.values[2])) if len(row.values) > 2 else 0)
+        if previous is not None and end <= previous[0]:
+            continue  # out of order or repeated: the meter's clock went back; VEE flags the clock
+        imported = _number(row.values[0]) * import_factor
+        exported = _number(row.values[1]) * export_factor
+        # The profile captures the cumulative registers; an interval's energy is the difference to the
+        # capture one interval earlier. Without that capture the interval is a gap for VEE to fill.
+        if previous is not None and previous[0] == end - INTERVAL_S and first_end <= end <= last_end:
+            ends.append(end)
+            imports.append(imported - previous[1])
+            exports.append(exported - previous[2])
+            status.append(int(_number(row.values[2])) if len(row.values) > 2 else 0)
+        previous = (end, imported, exported)
     return CollectedReadings(
         meter_id=meter_id,
         read_at=read_at,
