@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
 from sqlalchemy.engine import Engine
 
 from openami.db import meters as meter_repo
 from openami.domain.meters import Meter
-from openami.errors import InvalidInput
+from openami.errors import InvalidInput, NotFound
 from openami.headend.reader import MeterTarget
-from openami.security.keystore import MasterKeyProvider, MeterKeys, load_meter_keys, store_meter_keys
+from openami.security.keystore import KeyIntegrityError, MasterKeyProvider, MeterKeys, load_meter_keys, store_meter_keys
 from openami.services.context import RequestScope
 
+_log = structlog.get_logger("openami.services")
 SCOPE_READ = "meters:read"
 SCOPE_IMPORT = "meters:import"
 
@@ -43,7 +45,11 @@ def load_targets(engine: Engine, keystore: MasterKeyProvider) -> dict[int, Meter
         after: int | None = None
         while page := meter_repo.list_meters(conn, after_id=after, limit=1000):
             for meter in page:
-                keys = load_meter_keys(conn, keystore, meter.id)
+                try:
+                    keys = load_meter_keys(conn, keystore, meter.id)
+                except (NotFound, KeyIntegrityError) as exc:  # unreadable without keys: say so, keep the rest
+                    _log.error("headend.meter.keys_unusable", meter_id=meter.id, error=exc.code)
+                    continue
                 targets[meter.id] = MeterTarget(
                     meter_id=meter.id,
                     serial=meter.serial,
