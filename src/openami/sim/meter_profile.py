@@ -13,23 +13,53 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
 
-from openami.protocols.dlms.axdr import DoubleLongUnsigned, Unsigned
+from openami.protocols.dlms.connection import EncodedData
 from openami.protocols.dlms.cosem import Row
 
-__all__ = ["INTERVAL_S", "LoadFunction", "MeterEnergy", "default_load", "encode_clock"]
+__all__ = [
+    "INTERVAL_S",
+    "LoadFunction",
+    "MeterEnergy",
+    "SimulatedProfile",
+    "default_load",
+    "encode_clock",
+    "encode_row",
+]
 
 INTERVAL_S = 900
 LoadFunction = Callable[[int], tuple[int, int]]
 """load(interval_end_epoch) -> (Wh imported, Wh exported) during the interval ending then."""
 
 _DATE_TIME = struct.Struct(">HBBBBBBBhB")
+_ROW = struct.Struct(">BBBBHBBBBBBBhBBIBIBB")
+"""A profile row as the meter sends it: structure of 4 {octet-string(12) date-time, double-long-unsigned
+import, double-long-unsigned export, unsigned status} (IEC 62056-6-2 A-XDR), packed in one call."""
+_DAY_S = 86_400
 # A plain residential day in 96 quarter-hours, in percent of the meter's base load: night trough,
 # morning bump, flat day, evening peak.
 _DAY_SHAPE = tuple(
     60 + (80 if 26 <= q < 34 else 0) + (20 if 34 <= q < 68 else 0) + (150 if 70 <= q < 88 else 0) for q in range(96)
 )
 _MASK32 = 0xFFFFFFFF
+
+
+@lru_cache(maxsize=4096)
+def _date_fields(day: int) -> tuple[int, int, int, int]:
+    """(year, month, day of month, ISO weekday) of a day number since the epoch (UTC)."""
+    t = datetime.fromtimestamp(day * _DAY_S, UTC)
+    return t.year, t.month, t.day, t.isoweekday()
+
+
+def encode_row(end: int, imported: int, exported: int, status: int = 0) -> EncodedData:
+    """The encoded profile row of the interval ending at ``end`` (epoch seconds, UTC)."""
+    day, second = divmod(end, _DAY_S)
+    year, month, mday, weekday = _date_fields(day)
+    return EncodedData(
+        _ROW.pack(2, 4, 9, 12, year, month, mday, weekday, second // 3600, second // 60 % 60, second % 60, 0, 0, 0,
+                  6, imported & 0xFFFFFFFF, 6, exported & 0xFFFFFFFF, 17, status)
+    )  # fmt: skip
 
 
 def encode_clock(epoch: int) -> bytes:
@@ -99,11 +129,9 @@ class MeterEnergy:
         first = max(self.index(first_end), 1)
         last = self.index(last_end)
         self._extend(last)
-        imported, exported = self._import, self._export
-        status = Unsigned(0)
+        imported, exported, commissioned = self._import, self._export, self.commissioned
         for i in range(first, last + 1):
-            end = self.commissioned + (i - 1) * INTERVAL_S
-            yield (encode_clock(end), DoubleLongUnsigned(imported[i]), DoubleLongUnsigned(exported[i]), status)
+            yield encode_row(commissioned + (i - 1) * INTERVAL_S, imported[i], exported[i])
 
 
 class SimulatedProfile:

@@ -276,13 +276,18 @@ class DlmsClient:
             self._columns[name] = tuple(CaptureObject.from_data(item) for item in captured)
         return self._columns[name]
 
-    async def read_profile(self, obis: Obis | str, start: datetime, end: datetime) -> list[ProfileRow]:
+    async def read_profile(
+        self, obis: Obis | str, start: datetime, end: datetime, *, columns: Sequence[CaptureObject] | None = None
+    ) -> list[ProfileRow]:
         """Rows with clock in [start, end] (both inclusive), by range selective access.
 
         Each row is (clock as aware UTC datetime, the other columns in capture order, raw A-XDR
-        values). Raises ProtocolStateError when the profile has no clock column.
+        values). ``columns`` are the profile's capture_objects when already known (e.g. cached per
+        meter model); otherwise they are read once per association. Raises ProtocolStateError when
+        the profile has no clock column.
         """
-        columns = await self.profile_columns(obis)
+        if columns is None:
+            columns = await self.profile_columns(obis)
         clock_index = next((i for i, c in enumerate(columns) if c.is_clock), None)
         if clock_index is None:
             raise ProtocolStateError(f"profile {obis} has no clock column to select a range by")

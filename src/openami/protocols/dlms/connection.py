@@ -16,7 +16,7 @@ from typing import Final, Generic, TypeVar
 
 from openami.protocols.dlms.errors import ProtocolStateError
 
-__all__ = ["NEED_DATA", "NeedData", "StateMachine"]
+__all__ = ["NEED_DATA", "EncodedData", "NeedData", "StateMachine"]
 
 
 class NeedData(enum.Enum):
@@ -31,6 +31,18 @@ class NeedData(enum.Enum):
 NEED_DATA: Final = NeedData.NEED_DATA
 
 S = TypeVar("S", bound=enum.Enum)
+
+
+class EncodedData(bytes):
+    """A value already A-XDR encoded, tag included (IEC 62056-6-2 ``Data``), kept as bytes.
+
+    On hot paths the encoder and decoder are skipped: a server object (a profile buffer, a
+    pre-encoded profile row) returns one and the server splices it into the GET answer as it is; a
+    client asks for one (``raw=True``) and decodes it with a specialised decoder. It must never be
+    passed to ``axdr.encode``, which would send it as an octet-string.
+    """
+
+    __slots__ = ()
 
 
 class StateMachine(Generic[S]):

@@ -51,15 +51,15 @@ from openami.protocols.dlms.apdu import (
     GetRequestWithList,
     GetResponseNormal,
     GetResponseWithDataBlock,
-    GetResponseWithList,
     MethodDescriptor,
     SelectiveAccess,
     SetRequestNormal,
     SetResponseNormal,
     decode_apdu,
 )
-from openami.protocols.dlms.axdr import Data, encode
-from openami.protocols.dlms.connection import StateMachine
+from openami.protocols.dlms.apdu_types import encode_get_data_result
+from openami.protocols.dlms.axdr import Data, encode_length
+from openami.protocols.dlms.connection import EncodedData, StateMachine
 from openami.protocols.dlms.errors import DecodeError, DlmsError, ReplayError, SecurityError
 from openami.protocols.dlms.obis import CURRENT_ASSOCIATION
 from openami.protocols.dlms.security import (
@@ -390,12 +390,12 @@ class ServerConnection:
         self._machine.fire(_Served)
         if isinstance(request, GetRequestNormal):
             result = self.handler.get(request.descriptor, request.access)
-            return self._get_answer(GetResponseNormal(result, request.invoke_id_and_priority), result)
+            return self._get_answer(1, (result,), request.invoke_id_and_priority)
         if isinstance(request, GetRequestNext):
             return self._next_block(request)
         if isinstance(request, GetRequestWithList):
             results = tuple(self.handler.get(descriptor, access) for descriptor, access in request.items)
-            return self._get_answer(GetResponseWithList(results, request.invoke_id_and_priority), None)
+            return self._get_answer(3, results, request.invoke_id_and_priority)
         if isinstance(request, SetRequestNormal):
             outcome = self.handler.set(request.descriptor, request.value)
             return SetResponseNormal(outcome, request.invoke_id_and_priority).encode()
@@ -433,18 +433,20 @@ class ServerConnection:
         """The largest plain APDU that fits the negotiated PDU size once ciphered."""
         return self.max_pdu_size - (_CIPHER_OVERHEAD if self.policy.ciphered else 0)
 
-    def _get_answer(self, response: GetResponseNormal | GetResponseWithList, value: Data | DataAccessResult) -> bytes:
+    def _get_answer(self, kind: int, results: tuple[Data | DataAccessResult, ...], iip: int) -> bytes:
+        """GET-Response-Normal (kind 1) or -With-List (kind 3), in blocks when too long (9.3.6)."""
         try:
-            encoded = response.encode()
+            body = b"".join(_get_data_result(result) for result in results)
         except DlmsError:  # an object produced a value with no A-XDR encoding
-            return GetResponseNormal(DataAccessResult.OTHER_REASON, response.invoke_id_and_priority).encode()
-        if len(encoded) <= self._limit():
-            return encoded
+            return GetResponseNormal(DataAccessResult.OTHER_REASON, iip).encode()
+        head = bytes((0xC4, kind, iip)) + (encode_length(len(results)) if kind == 3 else b"")
+        if len(head) + len(body) <= self._limit():
+            return head + body
         if not self.conformance & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ:
-            return GetResponseNormal(DataAccessResult.OTHER_REASON, response.invoke_id_and_priority).encode()
-        raw = encoded[3:] if isinstance(response, GetResponseWithList) else encode(value)
+            return GetResponseNormal(DataAccessResult.OTHER_REASON, iip).encode()
+        raw = head[3:] + body if kind == 3 else body[1:]  # with-list: the list; normal: the Data itself
         size = max(16, self._limit() - _BLOCK_OVERHEAD)
-        self._blocks = _BlockTransfer(raw, 0, 0, size, response.invoke_id_and_priority)
+        self._blocks = _BlockTransfer(raw, 0, 0, size, iip)
         return self._send_block()
 
     def _next_block(self, request: GetRequestNext) -> bytes:
@@ -492,6 +494,13 @@ class ServerConnection:
             )
         tag = glo_tag(plain[0])
         return cipher_apdu(plain, tag=tag, security_control=sc, system_title=title, invocation_counter=ic, ek=ek, ak=ak)
+
+
+def _get_data_result(result: Data | DataAccessResult) -> bytes:
+    """Get-Data-Result: ``00`` and the data (spliced when already encoded) or ``01`` and the result."""
+    if isinstance(result, EncodedData):
+        return b"\x00" + result
+    return encode_get_data_result(result)
 
 
 def _exception(state: int, service: int, invocation_counter: int | None = None) -> bytes:

@@ -8,6 +8,7 @@ import pytest
 
 from openami.protocols.dlms import axdr
 from openami.protocols.dlms.axdr import Array, DoubleLongUnsigned, Integer, LongUnsigned, Structure, Unsigned
+from openami.protocols.dlms.connection import EncodedData
 from openami.protocols.dlms.cosem import (
     AccessRights,
     AssociationInfo,
@@ -71,6 +72,14 @@ def _device(rows: int = 8, limit: int = 96) -> LogicalDevice:
     return LogicalDevice([profile])
 
 
+def _get(device: LogicalDevice, attribute: int, selection: tuple[int, axdr.Data] | None = None) -> tuple:
+    """GET through the device; the buffer comes back already encoded, so decode it to compare."""
+    result, value = device.get(View(device), 7, NAME, attribute, selection)
+    if isinstance(value, EncodedData):
+        value = axdr.decode_all(value)
+    return result, value
+
+
 def _range(start: datetime, end: datetime, columns: list[CaptureObject] | None = None) -> Structure:
     selected = Array(c.to_data() for c in columns or [])
     return Structure((CLOCK_COLUMN.to_data(), _stamp(start), _stamp(end), selected))
@@ -95,7 +104,7 @@ def test_capture_objects_and_sizes() -> None:
 
 def test_whole_buffer_without_selective_access() -> None:
     device = _device(rows=8)
-    result, buffer = device.get(View(device), 7, NAME, 2)
+    result, buffer = _get(device, 2)
     assert result is Result.SUCCESS
     assert len(buffer) == 8
     assert buffer[0][1] == DoubleLongUnsigned(1000)
@@ -105,7 +114,7 @@ def test_whole_buffer_without_selective_access() -> None:
 def test_range_descriptor_includes_both_ends() -> None:
     device = _device(rows=8)
     start, end = START + timedelta(minutes=30), START + timedelta(minutes=60)
-    result, buffer = device.get(View(device), 7, NAME, 2, (1, _range(start, end)))
+    result, buffer = _get(device, 2, (1, _range(start, end)))
     assert result is Result.SUCCESS
     times = [CosemDateTime.from_bytes(row[0]).to_datetime() for row in buffer]
     assert times == [start, start + timedelta(minutes=15), end]
@@ -114,7 +123,7 @@ def test_range_descriptor_includes_both_ends() -> None:
 def test_range_descriptor_with_selected_columns() -> None:
     device = _device(rows=8)
     selection = _range(START, START + timedelta(hours=1), [CLOCK_COLUMN, EXPORT_COLUMN])
-    result, buffer = device.get(View(device), 7, NAME, 2, (1, selection))
+    result, buffer = _get(device, 2, (1, selection))
     assert result is Result.SUCCESS
     assert [len(row) for row in buffer] == [2, 2, 2, 2]
     assert buffer[-1][1] == DoubleLongUnsigned(3)
@@ -122,14 +131,14 @@ def test_range_descriptor_with_selected_columns() -> None:
 
 def test_range_outside_the_buffer_is_empty_not_an_error() -> None:
     device = _device(rows=8)
-    result, buffer = device.get(View(device), 7, NAME, 2, (1, _range(START - timedelta(days=2), START)))
+    result, buffer = _get(device, 2, (1, _range(START - timedelta(days=2), START)))
     assert (result, buffer) == (Result.SUCCESS, Array())
 
 
 def test_range_restricted_by_another_column_is_refused() -> None:
     device = _device()
     bad = Structure((IMPORT_COLUMN.to_data(), _stamp(START), _stamp(START), Array()))
-    assert device.get(View(device), 7, NAME, 2, (1, bad))[0] is Result.TYPE_UNMATCHED
+    assert _get(device, 2, (1, bad))[0] is Result.TYPE_UNMATCHED
 
 
 @pytest.mark.parametrize(
@@ -147,37 +156,37 @@ def test_range_restricted_by_another_column_is_refused() -> None:
 )
 def test_malformed_range_descriptor_is_type_unmatched(parameters: axdr.Data) -> None:
     device = _device()
-    assert device.get(View(device), 7, NAME, 2, (1, parameters)) == (Result.TYPE_UNMATCHED, None)
+    assert _get(device, 2, (1, parameters)) == (Result.TYPE_UNMATCHED, None)
 
 
 def test_entry_descriptor_counts_from_one_and_zero_means_last() -> None:
     device = _device(rows=8)
-    result, buffer = device.get(View(device), 7, NAME, 2, (2, _entries(7, 0)))
+    result, buffer = _get(device, 2, (2, _entries(7, 0)))
     assert result is Result.SUCCESS
     assert [row[1] for row in buffer] == [DoubleLongUnsigned(1006), DoubleLongUnsigned(1007)]
 
 
 def test_entry_descriptor_selects_columns() -> None:
     device = _device(rows=8)
-    result, buffer = device.get(View(device), 7, NAME, 2, (2, _entries(1, 2, 2, 3)))
+    result, buffer = _get(device, 2, (2, _entries(1, 2, 2, 3)))
     assert result is Result.SUCCESS
     assert buffer == Array([Structure((1000, 0)), Structure((1001, 1))])
 
 
 def test_entry_descriptor_past_the_end_is_empty() -> None:
     device = _device(rows=8)
-    assert device.get(View(device), 7, NAME, 2, (2, _entries(20, 30))) == (Result.SUCCESS, Array())
+    assert _get(device, 2, (2, _entries(20, 30))) == (Result.SUCCESS, Array())
 
 
 def test_unsupported_selector_answers_other_reason() -> None:
     device = _device()
-    assert device.get(View(device), 7, NAME, 2, (3, Integer(0)))[0] is Result.OTHER_REASON
+    assert _get(device, 2, (3, Integer(0)))[0] is Result.OTHER_REASON
     assert device.get(View(device), 7, NAME, 3, (1, Integer(0)))[0] is Result.OTHER_REASON
 
 
 def test_stored_buffer_keeps_the_newest_profile_entries() -> None:
     device = _device(rows=10, limit=4)
-    _, buffer = device.get(View(device), 7, NAME, 2)
+    _, buffer = _get(device, 2)
     assert [row[1] for row in buffer] == [1006, 1007, 1008, 1009]
 
 
@@ -187,3 +196,24 @@ def test_reset_method_empties_a_stored_buffer() -> None:
     assert device.action(view, 7, NAME, 1, Integer(0)) == (Result.SUCCESS, None)
     assert device.get(view, 7, NAME, 7) == (Result.SUCCESS, DoubleLongUnsigned(0))
     assert device.action(view, 7, NAME, 2, Integer(0))[0] is Result.TYPE_UNMATCHED
+
+
+def test_buffer_is_sent_encoded_and_pre_encoded_rows_pass_through() -> None:
+    row = (_stamp(START), DoubleLongUnsigned(7), DoubleLongUnsigned(0), Unsigned(0))
+
+    class Encoded(ListProfileSource):
+        def entries(self, first: int, last: int) -> list:
+            return [EncodedData(axdr.encode(Structure(r))) for r in super().entries(first, last)]
+
+    source = Encoded(4)
+    source.capture(row)
+    profile = ProfileGeneric(
+        LOAD_PROFILE, capture_objects=[CLOCK_COLUMN, IMPORT_COLUMN, EXPORT_COLUMN], capture_period=900,
+        source=source, profile_entries=4,
+    )  # fmt: skip
+    device = LogicalDevice([profile])
+    _result, raw = device.get(View(device), 7, NAME, 2)
+    assert isinstance(raw, EncodedData)
+    assert raw == axdr.encode(Array([Structure(row)]))
+    _, columns = _get(device, 2, (2, _entries(1, 0, 2, 2)))
+    assert columns == Array([Structure((7,))])

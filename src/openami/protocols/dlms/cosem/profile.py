@@ -19,7 +19,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, Self
 
-from openami.protocols.dlms.axdr import Array, DoubleLongUnsigned, Enum, Integer, LongUnsigned, Structure
+from openami.protocols.dlms.axdr import (
+    Array,
+    DoubleLongUnsigned,
+    Enum,
+    Integer,
+    LongUnsigned,
+    Structure,
+    decode_all,
+    encode,
+    encode_length,
+)
+from openami.protocols.dlms.connection import EncodedData
 from openami.protocols.dlms.cosem.base import AssociationView, CosemObject, Value, as_int, require
 from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import DlmsError
@@ -28,7 +39,8 @@ from openami.protocols.dlms.obis import Obis
 __all__ = ["CaptureObject", "ListProfileSource", "ProfileGeneric", "ProfileSource", "Row", "SortMethod", "parse_time"]
 
 Row = Sequence[Value]
-"""One capture: a value per capture object, in capture_objects order."""
+"""One capture: a value per capture object, in capture_objects order; or an ``EncodedData`` holding
+the row's structure already encoded (a fast source's choice)."""
 
 CLOCK_CLASS_ID = 8
 CLOCK_TIME_ATTRIBUTE = 2
@@ -172,7 +184,7 @@ class ProfileGeneric(CosemObject):
 
     def _get(self, attribute: int, view: AssociationView, selector: int | None, parameters: Value) -> Value:
         if attribute == 2:
-            return Array(self.buffer(selector, parameters))
+            return self.buffer(selector, parameters)
         if attribute == 3:
             return Array(c.to_data() for c in self.capture_objects)
         if attribute == 4:
@@ -185,8 +197,11 @@ class ProfileGeneric(CosemObject):
             return DoubleLongUnsigned(self.source.entries_in_use())
         return DoubleLongUnsigned(self.profile_entries)
 
-    def buffer(self, selector: int | None, parameters: Value) -> list[Value]:
-        """The buffer rows (as structures) for no selection, a range or an entry descriptor."""
+    def buffer(self, selector: int | None, parameters: Value) -> EncodedData:
+        """The buffer (array of structures), already encoded, for no selection, a range or entries.
+
+        Rows the source yields as ``EncodedData`` are copied as they are; others are encoded.
+        """
         if selector == 1:
             rows, columns = self._by_range(parameters)
         elif selector == 2:
@@ -195,8 +210,10 @@ class ProfileGeneric(CosemObject):
             count = self.source.entries_in_use()
             rows, columns = (self.source.entries(1, count) if count else ()), None
         if columns is None:
-            return [Structure(row) for row in rows]
-        return [Structure(row[i] for i in columns) for row in rows]
+            encoded = [row if isinstance(row, EncodedData) else encode(Structure(row)) for row in rows]
+        else:
+            encoded = [encode(Structure(_values(row)[i] for i in columns)) for row in rows]
+        return EncodedData(b"\x01" + encode_length(len(encoded)) + b"".join(encoded))
 
     def _by_range(self, parameters: Value) -> tuple[Iterable[Row], list[int] | None]:
         require(isinstance(parameters, tuple) and len(parameters) == 4, "range_descriptor is a 4-element structure")
@@ -230,6 +247,16 @@ class ProfileGeneric(CosemObject):
         assert callable(operation)
         operation()
         return None
+
+
+def _values(row: Row) -> Sequence[Value]:
+    """A row as values (decoding a pre-encoded one)."""
+    if isinstance(row, EncodedData):
+        decoded = decode_all(row)
+        if not isinstance(decoded, tuple):
+            raise DlmsError("a pre-encoded profile row is not a structure")
+        return decoded
+    return row
 
 
 def _array(value: Value) -> list[Value]:
