@@ -66,7 +66,7 @@ def fleet(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     drift: float,
     random_keys: bool,
 ) -> None:
-    """Run METERS simulated DLMS meters on loopback until SIGINT/SIGTERM."""
+    """Run a fleet of simulated DLMS meters on loopback until SIGINT/SIGTERM; write its commissioning file."""
     try:
         config = FleetConfig(
             meters=meters, seed=seed, flaky_fraction=flaky, drift_fraction=drift, single_address=single_address,

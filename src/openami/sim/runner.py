@@ -203,9 +203,13 @@ async def _worker(job: dict[str, Any]) -> None:
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """Block until the parent closes our stdin (or dies), then stop the worker."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdin.buffer.read()
+    """Block until the parent closes our stdin (or dies), then stop the worker.
+
+    Raw ``os.read``: a daemon thread blocked in a buffered reader aborts the interpreter at exit.
+    """
+    with contextlib.suppress(OSError):
+        while os.read(0, 4096):
+            pass
     with contextlib.suppress(RuntimeError):  # the loop may already be closed
         loop.call_soon_threadsafe(stop.set)
 
@@ -223,7 +227,11 @@ def worker_main() -> None:
     """Entry of ``python -m openami.sim.runner``: one JSON job line on stdin, serve until told to stop."""
     _raise_open_files_limit()
     job = json.loads(sys.stdin.buffer.readline())
-    asyncio.run(_worker(job))
+    try:
+        asyncio.run(_worker(job))
+    except OSError as exc:  # typically: an address already in use
+        sys.stderr.write(f"openami.sim.runner: {exc}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
