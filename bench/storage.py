@@ -7,7 +7,9 @@
 Rows are daily reads (96 intervals x 2 channels per meter), written in batches of ``--batch`` rows,
 one transaction per batch, into a freshly migrated database: first as new values (the steady state
 of collection), then the same rows again (re-reads: everything unchanged). The private cluster runs
-with PostgreSQL's durable defaults (fsync, full-page writes, synchronous commit). Prints one JSON object.
+with PostgreSQL's durable defaults (fsync, full-page writes, synchronous commit). Prints one JSON object;
+besides wall-clock rates it reports CPU microseconds per row of this process and (private cluster only)
+of all the server's processes, which do not depend on what else the machine is doing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +48,27 @@ def _load_pg() -> ModuleType:
     return module
 
 
+def _cluster_cpu_seconds(datadir: Path | None) -> float:
+    """CPU seconds used so far by a local cluster's postmaster and all its children (0 if unknown)."""
+    if datadir is None:
+        return 0.0
+    try:
+        postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(stat_file.parent.name)
+        if pid == postmaster or int(fields[1]) == postmaster:  # fields[1] = ppid
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / ticks
+
+
 def _rows(n: int) -> tuple[int, list[IntervalRow]]:
     rows: list[IntervalRow] = []
     meters = (n + 191) // 192
@@ -56,7 +80,7 @@ def _rows(n: int) -> tuple[int, list[IntervalRow]]:
     return meters, rows[:n]
 
 
-def _run(url: str, rows: list[IntervalRow], meters: int, batch: int) -> dict[str, Any]:
+def _run(url: str, rows: list[IntervalRow], meters: int, batch: int, datadir: Path | None = None) -> dict[str, Any]:
     upgrade(url)
     engine = create_engine(url)
     try:
@@ -71,15 +95,21 @@ def _run(url: str, rows: list[IntervalRow], meters: int, batch: int) -> dict[str
         results: dict[str, Any] = {}
         for phase in ("new", "reread"):
             totals = IngestCounts(0, 0, 0)
+            cpu_client, cpu_server = time.process_time(), _cluster_cpu_seconds(datadir)
             started = time.perf_counter()
             for i in range(0, len(rows), batch):
                 with engine.begin() as conn:
                     counts = write_intervals(conn, rows[i : i + batch])
                 totals = IngestCounts(*(a + b for a, b in zip(totals, counts, strict=True)))
             elapsed = time.perf_counter() - started
+            client_us = (time.process_time() - cpu_client) / len(rows) * 1e6
+            server_us = (_cluster_cpu_seconds(datadir) - cpu_server) / len(rows) * 1e6
             results[phase] = {
                 "seconds": round(elapsed, 3),
                 "rows_per_s": round(len(rows) / elapsed),
+                # CPU per row, independent of other load on the machine
+                "client_cpu_us_per_row": round(client_us, 3),
+                "server_cpu_us_per_row": round(server_us, 3),
                 **totals._asdict(),
             }
         return results
@@ -96,7 +126,7 @@ def _once(args: argparse.Namespace, rows: list[IntervalRow], meters: int) -> dic
     pg = _load_pg()
     cluster = pg.PostgresCluster.start(durable=True)
     try:
-        return _run(cluster.url("postgres"), rows, meters, args.batch)
+        return _run(cluster.url("postgres"), rows, meters, args.batch, cluster.datadir)
     finally:
         cluster.stop()
 
