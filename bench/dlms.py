@@ -29,6 +29,7 @@ from typing import Any
 
 from openami.protocols.dlms import axdr
 from openami.protocols.dlms.client import ClientSettings, DlmsClient, decode_profile_rows
+from openami.protocols.dlms.connection import EncodedData
 from openami.protocols.dlms.cosem import CaptureObject
 from openami.protocols.dlms.obis import ACTIVE_EXPORT, ACTIVE_IMPORT, CLOCK, LOAD_PROFILE
 from openami.sim.meter import MeterConfig, SimulatedMeter, close_servers, serve_meters
@@ -138,7 +139,7 @@ def _profile_decode_rows_per_s(seconds: float = 1.0) -> float:
     count = 0
     began = time.perf_counter()
     while time.perf_counter() - began < seconds:
-        count += len(decode_profile_rows(axdr.decode_all(raw)))
+        count += len(decode_profile_rows(EncodedData(raw)))
     return count / (time.perf_counter() - began)
 
 

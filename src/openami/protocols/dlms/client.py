@@ -19,7 +19,6 @@ connection is closed: its state can no longer be trusted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Self, TypeVar
@@ -62,6 +61,7 @@ from openami.protocols.dlms.cosem.profile import CaptureObject, parse_time
 from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import DlmsError, ProtocolStateError
 from openami.protocols.dlms.obis import CLOCK, Obis
+from openami.protocols.dlms.profile_rows import ProfileRow, decode_profile_rows
 from openami.protocols.dlms.session_errors import (
     AssociationRejectedError,
     ConnectionClosedError,
@@ -83,14 +83,6 @@ _DIAGNOSTICS = {
     13: "authentication failure",
     14: "authentication required",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileRow:
-    """One profile capture: its clock as an aware UTC datetime, then the other columns in order."""
-
-    clock: datetime
-    values: tuple[Data, ...]
 
 
 def _obis(name: Obis | str) -> Obis:
@@ -199,11 +191,20 @@ class DlmsClient:
     # ------------------------------------------------------------------------------ services
 
     async def get(
-        self, obis: Obis | str, class_id: int, attribute: int, selective_access: SelectiveAccess | None = None
+        self,
+        obis: Obis | str,
+        class_id: int,
+        attribute: int,
+        selective_access: SelectiveAccess | None = None,
+        *,
+        raw: bool = False,
     ) -> Data:
-        """GET one attribute; raises ServiceError with the data-access-result when refused."""
+        """GET one attribute; raises ServiceError with the data-access-result when refused.
+
+        ``raw``: return the value still A-XDR encoded (an ``EncodedData``) for a specialised decoder.
+        """
         descriptor = AttributeDescriptor(class_id, _obis(obis), attribute)
-        response = await self._request(GetRequestNormal(descriptor, selective_access), GetResponseNormal)
+        response = await self._request(GetRequestNormal(descriptor, selective_access), GetResponseNormal, raw=raw)
         if isinstance(response.result, DataAccessResult):
             raise ServiceError(f"GET {_describe(descriptor)}: {response.result.name.lower()}", result=response.result)
         return response.result
@@ -291,13 +292,13 @@ class DlmsClient:
         clock_index = next((i for i, c in enumerate(columns) if c.is_clock), None)
         if clock_index is None:
             raise ProtocolStateError(f"profile {obis} has no clock column to select a range by")
-        buffer = await self.get(obis, 7, 2, range_access(columns[clock_index], start, end))
+        buffer = await self.get(obis, 7, 2, range_access(columns[clock_index], start, end), raw=True)
         return decode_profile_rows(buffer, clock_index)
 
     # ------------------------------------------------------------------------------ plumbing
 
-    async def _request(self, request: Request, expected: type[_R]) -> _R:
-        event = await self._exchange(self._connection.send(request))
+    async def _request(self, request: Request, expected: type[_R], *, raw: bool = False) -> _R:
+        event = await self._exchange(self._connection.send(request, raw=raw))
         if not isinstance(event, Response):
             raise ProtocolStateError(f"{type(event).__name__} in answer to a request")
         apdu: ResponseApdu = event.apdu
@@ -338,18 +339,6 @@ class DlmsClient:
     def _close_stream(self) -> None:
         if self._stream is not None:
             self._stream.close()
-
-
-def decode_profile_rows(buffer: Data, clock_index: int = 0) -> list[ProfileRow]:
-    """Profile buffer (array of structures) to typed rows; DlmsError on a malformed row."""
-    if not isinstance(buffer, list):
-        raise ProtocolStateError("the profile buffer is not an array")
-    rows = []
-    for row in buffer:
-        if not isinstance(row, tuple) or len(row) <= clock_index:
-            raise ProtocolStateError("a profile row is not a structure with a clock")
-        rows.append(ProfileRow(parse_time(row[clock_index]), row[:clock_index] + row[clock_index + 1 :]))
-    return rows
 
 
 def _describe(descriptor: AttributeDescriptor | MethodDescriptor) -> str:

@@ -55,7 +55,7 @@ from openami.protocols.dlms.apdu import (
 )
 from openami.protocols.dlms.apdu_types import Cursor
 from openami.protocols.dlms.axdr import Data
-from openami.protocols.dlms.connection import NEED_DATA, NeedData, StateMachine
+from openami.protocols.dlms.connection import NEED_DATA, EncodedData, NeedData, StateMachine
 from openami.protocols.dlms.errors import (
     AuthenticationTagError,
     CipheringRequiredError,
@@ -313,6 +313,7 @@ class ClientConnection:
         self._challenge = challenge if challenge is not None else random_bytes(16)
         self._server_title: bytes | None = None
         self._pending: Request | None = None
+        self._raw = False
         self._blocks = bytearray()
         self._block_number = 0
         self.conformance = Conformance(0)
@@ -340,8 +341,12 @@ class ClientConnection:
 
     # ------------------------------------------------------------------------------ sans-IO API
 
-    def send(self, event: Associate | Release | Request) -> bytes:
-        """The bytes to write for ``event``; ProtocolStateError when it is not allowed now."""
+    def send(self, event: Associate | Release | Request, *, raw: bool = False) -> bytes:
+        """The bytes to write for ``event``; ProtocolStateError when it is not allowed now.
+
+        ``raw`` (GET-normal only): a successful answer comes as ``GetResponseNormal`` whose result
+        is the value still encoded (``EncodedData``), for a specialised decoder.
+        """
         if isinstance(event, Associate):
             self._machine.fire(Associate)
             self._reset_association()
@@ -353,6 +358,7 @@ class ClientConnection:
             raise ProtocolStateError(f"{type(event).__name__} is not a request a client sends")
         self._machine.fire(_ServiceRequest)
         self._pending = event
+        self._raw = raw and isinstance(event, GetRequestNormal)
         self._blocks.clear()
         self._block_number = 0
         return self._frame(self._protect(event.encode()))
@@ -472,7 +478,11 @@ class ClientConnection:
         elif state is ClientState.AWAITING_HLS:
             self._on_hls_reply(self._open(raw))
         elif state is ClientState.AWAITING_RESPONSE:
-            self._on_response(self._open(raw))
+            plain = self._plaintext(raw)
+            if self._raw and plain[:2] == b"\xc4\x01" and len(plain) > 4 and plain[3] == 0:
+                self._on_response(GetResponseNormal(EncodedData(plain[4:]), plain[2]))
+            else:
+                self._on_response(decode_apdu(plain))
         else:
             raise ProtocolStateError(f"unexpected APDU 0x{raw[:1].hex()} in state {state.name}")
 
@@ -510,6 +520,8 @@ class ClientConnection:
         self._blocks.clear()
         if isinstance(pending, GetRequestWithList):
             self._emit(Response(GetResponseWithList(_decode_result_list(raw), iip)))
+        elif self._raw:
+            self._emit(Response(GetResponseNormal(EncodedData(raw), iip)))
         else:
             self._emit(Response(GetResponseNormal(decode_data_result(raw), iip)))
 
@@ -557,14 +569,18 @@ class ClientConnection:
         return opened.plaintext
 
     def _open(self, raw: bytes) -> Apdu:
-        """Decode a response; decipher it first (tag, replay) when ciphered, refuse it plain if it must not be."""
+        """Decode a response (see ``_plaintext``)."""
+        return decode_apdu(self._plaintext(raw))
+
+    def _plaintext(self, raw: bytes) -> bytes:
+        """Decipher a response (tag, replay) when ciphered; refuse it plain if it must not be."""
         if raw and (plain_tag(raw[0]) is not None or raw[0] == GENERAL_GLO_CIPHERING):
             if not self.settings.ciphered:
                 raise SecurityError("a ciphered APDU on an association without ciphering")
-            return decode_apdu(self._decipher(raw))
+            return self._decipher(raw)
         if self.settings.ciphered and raw[:1] != bytes((_EXCEPTION_TAG,)):
             raise CipheringRequiredError("an unciphered response on a ciphered association")
-        return decode_apdu(raw)
+        return raw
 
 
 def _expect(apdu: object, kind: type[_T]) -> _T:
