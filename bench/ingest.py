@@ -3,8 +3,11 @@
 Generates N synthetic interval values (daily reads of 96 intervals x 2 channels over many meters,
 with a few gaps, spikes and faulty clocks; see _ingest_data.py) and feeds them, batch by batch,
 through the MDM's ``Ingestor`` (VEE, then one storage transaction per batch) into a fresh SQLite
-file and/or PostgreSQL. Without ``--url`` PostgreSQL is a private cluster started like the test
-suite's (tests/pg.py), durable (fsync on), and removed afterwards. Generation is not timed.
+file and/or PostgreSQL. ``--path bus`` (default) publishes the reads on the in-process bus to the
+ingest consumer, as the platform runs (VEE of the next batch overlaps the write of the previous
+one); ``--path sync`` calls ``Ingestor.ingest`` batch after batch. Without ``--url`` PostgreSQL is
+a private cluster started like the test suite's (tests/pg.py), durable (fsync on), and removed
+afterwards. Generation is not timed.
 
 Prints ONE JSON object on stdout, e.g. {"values": N, "sqlite_values_per_s": ..., "postgres_values_per_s":
 ..., "vee_only_values_per_s": ..., "peak_rss_mb": ...}; a progress bar goes to stderr.
@@ -13,13 +16,14 @@ Prints ONE JSON object on stdout, e.g. {"values": N, "sqlite_values_per_s": ...,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -33,11 +37,13 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py: the same private cluster as the test suite
 
 from _ingest_data import Generator  # noqa: E402
+from openami.bus import READINGS_COLLECTED, READINGS_STORED, InProcessBus  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.meters import MeterSpec, upsert_meters  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
+from openami.domain.messages import CollectedReadings, ReadingsStored  # noqa: E402
 from openami.domain.meters import CustomerClass, MeterKind  # noqa: E402
-from openami.mdm.ingest import Ingestor  # noqa: E402
+from openami.mdm.ingest import BatchResult, Ingestor  # noqa: E402
 from openami.mdm.vee import MeterState, validate  # noqa: E402
 from openami.settings import VeeSettings  # noqa: E402
 
@@ -49,10 +55,16 @@ def main() -> None:
     parser.add_argument("--url", help="PostgreSQL URL to use instead of a private cluster (must be empty)")
     parser.add_argument("--meters", type=int, default=10_000, help="meters the values are spread over")
     parser.add_argument("--batch-values", type=int, default=100_000, help="values per ingest transaction")
+    parser.add_argument("--path", choices=("bus", "sync"), default="bus", help="through the bus, or direct calls")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     meters = max(1, min(args.meters, args.values // 192 or 1))
-    result: dict[str, object] = {"values": args.values, "meters": meters, "batch_values": args.batch_values}
+    result: dict[str, object] = {
+        "values": args.values,
+        "meters": meters,
+        "batch_values": args.batch_values,
+        "path": args.path,
+    }
     console = Console(stderr=True)
     result["vee_only_values_per_s"] = _vee_only(min(args.values, 1_000_000), meters, args.seed)
     targets = ("sqlite", "postgres") if args.db == "both" else (args.db,)
@@ -136,34 +148,82 @@ def _add_meters(engine_url: str, count: int) -> list[int]:
 
 def _run(url: str, kind: str, args: argparse.Namespace, meters: int, progress: Progress) -> dict[str, float]:
     ids = _add_meters(url, meters)
-    generator = Generator(meters, args.seed, meter_ids=ids)
     engine = create_engine(url)
-    ingestor = Ingestor(engine, VeeSettings())
-    per_batch = max(1, args.batch_values // 192)
+    ingestor = Ingestor(engine, VeeSettings(), batch_values=args.batch_values)
     task = progress.add_task(f"ingest {kind}", total=args.values, rate="")
-    reads = generator.reads(args.values)
-    elapsed = 0.0
-    values = rows = estimated = flagged = 0
+    reads = Generator(meters, args.seed, meter_ids=ids).reads(args.values)
+    chunk = max(1, args.batch_values // 192) * (10 if args.path == "bus" else 1)
+
+    def tick(values: int, elapsed: float) -> None:
+        done = progress.tasks[task].completed + values
+        progress.update(task, completed=done, rate=f"{done / elapsed:,.0f} values/s")
+
     try:
-        while batch := list(islice(reads, per_batch)):
-            start = time.perf_counter()
-            outcome = ingestor.ingest(batch)
-            elapsed += time.perf_counter() - start
-            delivered = sum(msg.value_count for msg in batch)
-            values += delivered
-            rows += outcome.inserted + outcome.superseded + outcome.unchanged
-            estimated += outcome.estimated
-            flagged += outcome.flagged
-            progress.update(task, advance=delivered, rate=f"{values / elapsed:,.0f} values/s")
+        if args.path == "bus":
+            elapsed, delivered, totals = asyncio.run(_through_bus(ingestor, reads, chunk, tick))
+        else:
+            elapsed, delivered, totals = _direct(ingestor, reads, chunk, tick)
     finally:
         engine.dispose()
     return {
-        "values_per_s": round(values / elapsed),
+        "values_per_s": round(delivered / elapsed),
         "seconds": round(elapsed, 2),
-        "rows": rows,
-        "estimated": estimated,
-        "flagged": flagged,
+        "rows": totals.inserted + totals.superseded + totals.unchanged,
+        "estimated": totals.estimated,
+        "flagged": totals.flagged,
     }
+
+
+Tick = Callable[[int, float], None]
+
+
+def _direct(
+    ingestor: Ingestor, reads: Iterator[CollectedReadings], chunk: int, tick: Tick
+) -> tuple[float, int, BatchResult]:
+    """``Ingestor.ingest`` batch after batch: (seconds spent ingesting, values delivered, totals)."""
+    elapsed = 0.0
+    delivered = 0
+    totals = BatchResult()
+    while batch := list(islice(reads, chunk)):  # generated before the clock starts
+        start = time.perf_counter()
+        totals.add(ingestor.ingest(batch))
+        elapsed += time.perf_counter() - start
+        values = sum(m.value_count for m in batch)
+        delivered += values
+        tick(values, elapsed)
+    return elapsed, delivered, totals
+
+
+async def _through_bus(
+    ingestor: Ingestor, reads: Iterator[CollectedReadings], chunk: int, tick: Tick
+) -> tuple[float, int, BatchResult]:
+    """Publish reads to the ingest consumer as the head-end does; the clock runs while a chunk is in flight."""
+    bus = InProcessBus(queue_size=1024)
+    ingestor.subscribe(bus)
+    totals = BatchResult()
+
+    async def count(stored: ReadingsStored) -> None:
+        totals.estimated += stored.counts.estimated
+        totals.flagged += stored.counts.flagged
+        totals.inserted += stored.counts.values  # rows handed to storage (the bus carries no storage counts)
+
+    bus.subscribe(READINGS_STORED, count)
+    elapsed = 0.0
+    delivered = 0
+    while batch := list(islice(reads, chunk)):  # generated before the clock starts
+        start = time.perf_counter()
+        for msg in batch:
+            await bus.publish(READINGS_COLLECTED, msg)
+        await bus.drain()
+        await ingestor.flush()
+        await bus.drain()
+        elapsed += time.perf_counter() - start
+        values = sum(m.value_count for m in batch)
+        delivered += values
+        tick(values, elapsed)
+    await ingestor.close()
+    await bus.close()
+    return elapsed, delivered, totals
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ response's GMAC/GCM tag and invocation counter and drops the values of a meter w
 authentication failed (recording a communication error instead), so nothing unauthenticated is
 ever validated or stored.
 
-Durability: ``handle`` buffers reads and returns before they are stored; a batch is written when it
-holds ``batch_values`` values or ``max_delay_s`` after its first read. A read lost before it is
-stored (crash, failed write) is not lost for good: the head-end collects every interval since the
-meter's last stored actual value, so its next read brings the data again. Storage is idempotent,
-so a read that arrives twice stores nothing new.
+On the bus side, VEE runs as each read arrives and the validated rows collect into a batch; a
+batch is written (in a worker thread, one transaction) when it holds ``batch_values`` values or
+``max_delay_s`` after its first read, while the next batch is already being validated: at most one
+write is in flight, and a full batch waits for it (backpressure onto the bus).
+
+Durability: ``handle`` returns before its read is stored. A read lost before it is stored (crash,
+failed write) is not lost for good: the head-end collects every interval since the meter's last
+stored actual value, so its next read brings the data again; storage is idempotent, so a read that
+arrives twice stores nothing new.
 """
 
 from __future__ import annotations
@@ -21,19 +25,21 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Connection, Engine
 
-from openami.bus import READINGS_COLLECTED, READINGS_STORED, Bus, Unsubscribe
+from openami.bus import READINGS_COLLECTED, READINGS_STORED, Bus, BusClosed, Unsubscribe
 from openami.db import readings as storage
 from openami.db.registers import RegisterRow, write_registers
 from openami.domain.messages import CollectedReadings, ReadingsStored
-from openami.mdm.vee import SOURCE_METER, UNUSABLE, History, MeterState, Row, history_window, validate
+from openami.mdm.vee import SOURCE_METER, UNUSABLE, History, MeterState, Row, VeeResult, history_window, validate
 from openami.settings import VeeSettings
 
 log = structlog.get_logger(__name__)
 
+Validated = tuple[CollectedReadings, VeeResult]
+
 
 @dataclass(slots=True)
 class BatchResult:
-    """What one batch did: storage counts, VEE counts and one ``ReadingsStored`` per read."""
+    """What one batch did: storage counts, VEE counts and one ``ReadingsStored`` per stored read."""
 
     inserted: int = 0
     superseded: int = 0
@@ -43,12 +49,23 @@ class BatchResult:
     flagged: int = 0
     stored: list[ReadingsStored] = field(default_factory=list)
 
+    def add(self, other: BatchResult) -> None:
+        self.inserted += other.inserted
+        self.superseded += other.superseded
+        self.unchanged += other.unchanged
+        self.values += other.values
+        self.estimated += other.estimated
+        self.flagged += other.flagged
+        self.stored += other.stored
+
 
 class Ingestor:
     """Validates and stores collected reads; keeps each meter's VEE state in memory.
 
     ``ingest_batch`` is the synchronous core (the caller owns the transaction); ``ingest`` wraps it in
-    one transaction of ``engine``; ``handle``/``flush`` are the asynchronous bus side.
+    one transaction of ``engine``; ``handle``/``flush``/``close`` are the asynchronous bus side.
+    Meter VEE states (typical values, last register) advance as reads are validated; they are
+    advisory, so a write that fails afterwards does no harm by leaving them advanced.
     """
 
     def __init__(
@@ -57,7 +74,7 @@ class Ingestor:
         settings: VeeSettings,
         *,
         bus: Bus | None = None,
-        batch_values: int = 50_000,
+        batch_values: int = 100_000,
         max_delay_s: float = 0.5,
     ) -> None:
         self.engine = engine
@@ -66,43 +83,26 @@ class Ingestor:
         self.batch_values = batch_values
         self.max_delay_s = max_delay_s
         self._states: dict[int, MeterState] = {}
-        self._pending: list[CollectedReadings] = []
-        self._pending_values = 0
+        self._batch: list[Validated] = []
+        self._batch_values = 0
         self._lock = asyncio.Lock()
+        self._writing: asyncio.Task[BatchResult] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- synchronous core ----------------------------------------------------------------------------
 
     def ingest_batch(self, conn: Connection, messages: Sequence[CollectedReadings]) -> BatchResult:
         """Run VEE on every read and write all rows through ``conn``; the caller commits.
 
-        Raises what storage raises; the caller's rollback then leaves nothing of the batch stored.
-        Meter VEE states (typical values, last register) are remembered once the write succeeded;
-        they are advisory, so a later rollback that keeps them does no harm.
+        Raises what storage raises (NotFound for an unknown meter, InvalidInput, driver errors); the
+        caller's rollback then leaves nothing of the batch stored.
         """
-        result = BatchResult()
-        rows: list[Row] = []
-        registers: list[RegisterRow] = []
-        states: dict[int, MeterState] = {}
+        validated = []
         for msg in messages:
-            mid = msg.meter_id
             window = history_window(msg, self.settings)
-            history = _history(conn, mid, window) if window else None
-            vee = validate(msg, self.settings, states.get(mid) or self._states.get(mid), history)
-            states[mid] = vee.state
-            rows += vee.rows
-            registers += _register_rows(msg)
-            result.values += vee.counts.values
-            result.estimated += vee.counts.estimated
-            result.flagged += vee.counts.flagged
-            result.stored.append(ReadingsStored(mid, vee.counts, vee.first_end, vee.last_end))
-        counts = storage.write_intervals(conn, rows)
-        if registers:
-            write_registers(conn, registers)
-        result.inserted, result.superseded, result.unchanged = counts.inserted, counts.superseded, counts.unchanged
-        self._states.update(states)
-        return result
+            validated.append((msg, self._validate(msg, _history(conn, msg.meter_id, window) if window else None)))
+        return _write(conn, validated)
 
     def ingest(self, messages: Sequence[CollectedReadings]) -> BatchResult:
         """``ingest_batch`` in one transaction: all of the batch is stored, or nothing of it."""
@@ -113,6 +113,19 @@ class Ingestor:
         """Drop a meter's remembered VEE state (e.g. after a meter exchange)."""
         self._states.pop(meter_id, None)
 
+    def _validate(self, msg: CollectedReadings, history: History | None) -> VeeResult:
+        vee = validate(msg, self.settings, self._states.get(msg.meter_id), history)
+        self._states[msg.meter_id] = vee.state
+        return vee
+
+    def _load_history(self, meter_id: int, window: tuple[int, int]) -> History:
+        with self.engine.connect() as conn:
+            return _history(conn, meter_id, window)
+
+    def _write_transaction(self, validated: list[Validated]) -> BatchResult:
+        with self.engine.begin() as conn:
+            return _write(conn, validated)
+
     # --- asynchronous bus side -----------------------------------------------------------------------
 
     def subscribe(self, bus: Bus) -> Unsubscribe:
@@ -121,72 +134,90 @@ class Ingestor:
         return bus.subscribe(READINGS_COLLECTED, self.handle)
 
     async def handle(self, msg: CollectedReadings) -> None:
-        """Buffer one read; write the buffer when it is full (waiting for it: backpressure)."""
-        self._pending.append(msg)
-        self._pending_values += msg.value_count
-        if self._pending_values >= self.batch_values:
-            await self.flush()
+        """Validate one read and add it to the batch; hand a full batch to the writer."""
+        window = history_window(msg, self.settings)
+        history = await asyncio.to_thread(self._load_history, msg.meter_id, window) if window else None
+        self._batch.append((msg, self._validate(msg, history)))
+        self._batch_values += msg.value_count
+        if self._batch_values >= self.batch_values:
+            await self._submit()
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.max_delay_s, self._flush_soon)
+            self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._submit_soon)
 
     async def flush(self) -> BatchResult | None:
-        """Write every buffered read now; publish ``ReadingsStored`` for each stored read.
+        """Write what is buffered and wait until it is stored; the last write's result, or None."""
+        await self._submit()
+        return await self._writing if self._writing is not None else None
 
-        If the batch cannot be written, each read is retried alone, so that one bad read does not
-        hold back the others; the reads that still fail are logged and dropped (the head-end's
-        catch-up brings their intervals again).
-        """
+    async def close(self) -> None:
+        """Store what is buffered; call after the bus has drained."""
+        await self.flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    async def _submit(self) -> None:
+        """Start writing the current batch once the previous write has finished (at most one in flight)."""
         async with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            batch, self._pending, self._pending_values = self._pending, [], 0
+            batch, self._batch, self._batch_values = self._batch, [], 0
             if not batch:
-                return None
-            result = await self._store(batch)
-        if self.bus is not None:
-            for stored in result.stored:
-                await self.bus.publish(READINGS_STORED, stored)
-        return result
+                return
+            if self._writing is not None:
+                await self._writing
+            self._writing = asyncio.create_task(self._store(batch))
 
-    async def close(self) -> None:
-        """Flush what is buffered and wait for deadline flushes in flight."""
-        await self.flush()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _store(self, batch: list[CollectedReadings]) -> BatchResult:
-        try:
-            result = await asyncio.to_thread(self.ingest, batch)
-        except Exception:  # an unusable read or storage trouble: isolate, then give up per read
-            log.warning("mdm.ingest.batch_failed", reads=len(batch), exc_info=True)
-            result = BatchResult()
-            for msg in batch:
-                try:
-                    one = await asyncio.to_thread(self.ingest, [msg])
-                except Exception:  # logged; the head-end's catch-up re-reads it
-                    log.exception("mdm.ingest.read_dropped", meter_id=msg.meter_id)
-                    continue
-                _merge(result, one)
-        log.debug("mdm.ingest.batch_stored", reads=len(batch), values=result.values, inserted=result.inserted)
-        return result
-
-    def _flush_soon(self) -> None:
+    def _submit_soon(self) -> None:
         self._timer = None
-        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(self.flush())
+        task = asyncio.get_running_loop().create_task(self._submit())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _store(self, batch: list[Validated]) -> BatchResult:
+        """Write a batch; if that fails retry each read alone, so one bad read cannot hold back the rest.
 
-def _merge(into: BatchResult, other: BatchResult) -> None:
-    into.inserted += other.inserted
-    into.superseded += other.superseded
-    into.unchanged += other.unchanged
-    into.values += other.values
-    into.estimated += other.estimated
-    into.flagged += other.flagged
-    into.stored += other.stored
+        Reads that still fail are logged and dropped (the head-end's catch-up brings them again).
+        Publishes ``ReadingsStored`` for every stored read.
+        """
+        try:
+            result = await asyncio.to_thread(self._write_transaction, batch)
+        except Exception:  # an unusable read or storage trouble: isolate, then give up per read
+            log.warning("mdm.ingest.batch_failed", reads=len(batch), exc_info=True)
+            result = BatchResult()
+            for read in batch:
+                try:
+                    result.add(await asyncio.to_thread(self._write_transaction, [read]))
+                except Exception:  # logged; the head-end's catch-up re-reads it
+                    log.exception("mdm.ingest.read_dropped", meter_id=read[0].meter_id)
+        if self.bus is not None:
+            try:
+                for stored in result.stored:
+                    await self.bus.publish(READINGS_STORED, stored)
+            except BusClosed:
+                log.info("mdm.ingest.not_announced", reads=len(result.stored), reason="bus closed")
+        return result
+
+
+def _write(conn: Connection, validated: Sequence[Validated]) -> BatchResult:
+    """Write the rows and register snapshots of validated reads through ``conn`` (no commit)."""
+    result = BatchResult()
+    rows: list[Row] = []
+    registers: list[RegisterRow] = []
+    for msg, vee in validated:
+        rows += vee.rows
+        if msg.registers:
+            registers += _register_rows(msg)
+        counts = vee.counts
+        result.values += counts.values
+        result.estimated += counts.estimated
+        result.flagged += counts.flagged
+        result.stored.append(ReadingsStored(msg.meter_id, counts, vee.first_end, vee.last_end))
+    written = storage.write_intervals(conn, rows)
+    if registers:
+        write_registers(conn, registers)
+    result.inserted, result.superseded, result.unchanged = written
+    return result
 
 
 def _history(conn: Connection, meter_id: int, window: tuple[int, int]) -> History:

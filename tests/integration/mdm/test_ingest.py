@@ -151,7 +151,7 @@ def test_a_long_gap_is_estimated_from_last_weeks_stored_values(engine: Engine, m
 
 async def test_reads_published_on_the_bus_are_stored_and_announced(engine: Engine, meters: list[int]) -> None:
     bus = InProcessBus()
-    ingestor = Ingestor(engine, VeeSettings(), batch_values=400, max_delay_s=0.05)
+    ingestor = Ingestor(engine, VeeSettings(), batch_values=300, max_delay_s=0.05)
     ingestor.subscribe(bus)
     announced: list[ReadingsStored] = []
     all_in = asyncio.Event()
