@@ -59,7 +59,7 @@ def connect_check(engine: Engine) -> None:
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
-    except (exc.OperationalError, exc.InterfaceError) as error:
+    except exc.DBAPIError as error:  # refused, unreachable, timed out, not a database file, bad credentials
         reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else type(error).__name__
         raise StorageUnavailable(f"database {safe_url(engine.url)} is unavailable: {reason}") from error
 

@@ -92,6 +92,16 @@ def test_actual_replaces_estimate_but_estimate_never_replaces_actual(engine: Eng
     assert [(v.version, v.source) for v in history] == [(1, EST), (2, METER)]
 
 
+def test_postgres_view_shows_interval_ends_as_timestamps(engine: Engine, db_kind: str) -> None:
+    if db_kind != "postgres":
+        return  # the view is a PostgreSQL convenience for people; SQLite has datetime(x, 'unixepoch')
+    with engine.begin() as conn:
+        (meter,) = add_meters(conn, 1)
+        write_intervals(conn, [(meter, IMP, T0, 1.0, 0, METER, RECV)])
+        end = conn.execute(sa.text("SELECT interval_end FROM interval_readings_utc")).scalar_one()
+    assert int(end.timestamp()) == T0
+
+
 def test_same_key_twice_in_one_batch_is_applied_in_order(engine: Engine) -> None:
     with engine.begin() as conn:
         (meter,) = add_meters(conn, 1)

@@ -83,11 +83,13 @@ def test_postgres_down_at_start_is_storage_unavailable() -> None:
 
 def test_sqlite_unopenable_is_storage_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
+    blocker.write_text("not a directory and not a database either, just some text in a file")
     with pytest.raises(StorageUnavailable, match="is unavailable"):
         create_engine(f"sqlite:///{blocker / 'db.sqlite3'}")
     with pytest.raises(StorageUnavailable, match="is unavailable"):
         create_engine(f"sqlite:///{tmp_path}")  # a directory, not a database file
+    with pytest.raises(StorageUnavailable, match="not a database"):
+        create_engine(f"sqlite:///{blocker}")  # a text file
 
 
 def test_unsupported_url_is_invalid_input() -> None:
