@@ -100,8 +100,11 @@ class Ingestor:
         """
         validated = []
         for msg in messages:
-            window = history_window(msg, self.settings)
-            validated.append((msg, self._validate(msg, _history(conn, msg.meter_id, window) if window else None)))
+            vee = validate(msg, self.settings, self._states.get(msg.meter_id))
+            if vee.missing and (window := history_window(msg, self.settings)):
+                vee = validate(msg, self.settings, self._states.get(msg.meter_id), _history(conn, msg.meter_id, window))
+            self._states[msg.meter_id] = vee.state
+            validated.append((msg, vee))
         return _write(conn, validated)
 
     def ingest(self, messages: Sequence[CollectedReadings]) -> BatchResult:
@@ -112,11 +115,6 @@ class Ingestor:
     def forget(self, meter_id: int) -> None:
         """Drop a meter's remembered VEE state (e.g. after a meter exchange)."""
         self._states.pop(meter_id, None)
-
-    def _validate(self, msg: CollectedReadings, history: History | None) -> VeeResult:
-        vee = validate(msg, self.settings, self._states.get(msg.meter_id), history)
-        self._states[msg.meter_id] = vee.state
-        return vee
 
     def _load_history(self, meter_id: int, window: tuple[int, int]) -> History:
         with self.engine.connect() as conn:
@@ -135,9 +133,12 @@ class Ingestor:
 
     async def handle(self, msg: CollectedReadings) -> None:
         """Validate one read and add it to the batch; hand a full batch to the writer."""
-        window = history_window(msg, self.settings)
-        history = await asyncio.to_thread(self._load_history, msg.meter_id, window) if window else None
-        self._batch.append((msg, self._validate(msg, history)))
+        vee = validate(msg, self.settings, self._states.get(msg.meter_id))
+        if vee.missing and (window := history_window(msg, self.settings)):  # rare: fetch history, validate again
+            history = await asyncio.to_thread(self._load_history, msg.meter_id, window)
+            vee = validate(msg, self.settings, self._states.get(msg.meter_id), history)
+        self._states[msg.meter_id] = vee.state
+        self._batch.append((msg, vee))
         self._batch_values += msg.value_count
         if self._batch_values >= self.batch_values:
             await self._submit()

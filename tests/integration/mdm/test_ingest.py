@@ -186,3 +186,22 @@ async def test_one_bad_read_on_the_bus_does_not_hold_back_the_others(engine: Eng
     assert sorted(s.meter_id for s in result.stored) == sorted(meters[:2])
     with engine.connect() as conn:
         assert count_intervals(conn, MONDAY, MONDAY + 86_400, meter_ids=meters) == dict.fromkeys(meters[:2], 8)
+
+
+async def test_a_long_gap_arriving_on_the_bus_is_estimated_from_stored_history(
+    engine: Engine, meters: list[int]
+) -> None:
+    meter = meters[2]
+    ingestor = Ingestor(engine, VeeSettings(), max_delay_s=60)
+    ingestor.ingest([make_read(meter, [70.0 + i for i in range(24)], start=MONDAY - WEEK)])
+    bus = InProcessBus()
+    ingestor.subscribe(bus)
+    await bus.publish(READINGS_COLLECTED, make_read(meter, [5.0] * 24, drop=set(range(0, 12))))
+    await bus.drain()
+    result = await ingestor.flush()
+    await bus.close()
+    assert result is not None
+    assert result.estimated == 24
+    with engine.connect() as conn:
+        rows = read_intervals(conn, meter, MONDAY + S, MONDAY + 12 * S, CHANNEL_IMPORT)
+    assert [r.value for r in rows] == [70.0 + i for i in range(12)]
