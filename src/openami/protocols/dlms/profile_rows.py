@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from operator import itemgetter
+from operator import call, itemgetter
 from typing import Any, NamedTuple
 
 from openami.protocols.dlms.axdr import (
@@ -163,7 +163,7 @@ def _fast(raw: bytes, clock_index: int) -> list[ProfileRow] | None:
                 return None
             clock = _clock(row[first_clock : first_clock + 10])
             picked = pick(row) if pick is not None else ()
-            append(ProfileRow(clock, tuple(convert(v) for convert, v in zip(converters, picked, strict=True))))
+            append(ProfileRow(clock, tuple(map(call, converters, picked))))
     except (ValueError, OverflowError):
         return None  # a date-time the fast path cannot place: let the general path say why
     return rows
