@@ -48,10 +48,13 @@ _db_numbers = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
+    problem = None
     try:
         cluster = PostgresCluster.start()
     except PostgresUnavailable as exc:
-        pytest.fail(f"PostgreSQL is required for the [postgres] tests: {exc}", pytrace=False)
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(f"PostgreSQL is required for the [postgres] tests: {problem}", pytrace=False)
     try:
         yield cluster
     finally:
