@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from openami.db import collection as runs_repo
 from openami.db import comm_errors
 from openami.db import meters as meter_repo
 from openami.db.tables import interval_reading_versions, interval_readings
@@ -81,6 +82,10 @@ async def test_collection_stores_every_interval_of_every_healthy_meter(platform:
 
     healthy = _ids(platform.engine, _healthy_serials(fleet))
     assert summary.received >= len(healthy)
+    with platform.engine.connect() as conn:  # the collection status the API shows
+        run = runs_repo.get_run(conn, summary.run_id)
+    assert (run.expected, run.received, run.failed) == (60, summary.received, summary.failed)
+    assert run.finished_at is not None
     counts = _stored_counts(platform.engine)
     floor = int((started - timedelta(days=CATCH_UP_DAYS)).timestamp())
     expected_intervals = (int(started.timestamp()) // INTERVAL_S) - (floor // INTERVAL_S)

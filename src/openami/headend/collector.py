@@ -39,6 +39,7 @@ class RunSummary:
     failed: int = 0
     values: int = 0
     session_s: list[float] = field(default_factory=list)
+    reported: tuple[int, int] = (0, 0)  # received, failed already written to the run's row
 
 
 ProgressCallback = Callable[[int, int], None]  # (received, failed)
@@ -81,10 +82,11 @@ class Collector:
         run_id = await asyncio.to_thread(self._start_run, kind, started, len(meter_ids))
         summary = RunSummary(run_id, len(meter_ids))
         since = await asyncio.to_thread(self._since, meter_ids, started)
+        reserved = await self.counters.reserve_many(list(meter_ids))
 
         async def one(meter_id: int) -> None:
             async with self._bulk_slots:
-                ok = await self._read_with_retries(meter_id, since[meter_id], run_id, summary)
+                ok = await self._read_with_retries(meter_id, since[meter_id], run_id, summary, reserved.pop(meter_id))
             if ok:
                 summary.received += 1
             else:
@@ -92,7 +94,12 @@ class Collector:
             if progress is not None:
                 progress(summary.received, summary.failed)
 
-        await asyncio.gather(*(one(m) for m in meter_ids))
+        reporter = asyncio.create_task(self._report_progress(summary))
+        try:
+            await asyncio.gather(*(one(m) for m in meter_ids))
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
         await asyncio.to_thread(self._finish_run, summary)
         _log.info(
             "headend.collection.finished",
@@ -109,9 +116,22 @@ class Collector:
                 conn, window_start=started, window_end=started, expected=expected, started_at=started, kind=kind
             )
 
+    async def _report_progress(self, summary: RunSummary, every_s: float = 2.0) -> None:
+        """Keep the run's received/failed counts current for the API while it runs."""
+        while True:
+            await asyncio.sleep(every_s)
+            await asyncio.to_thread(self._write_progress, summary)
+
+    def _write_progress(self, summary: RunSummary) -> None:
+        received, failed = summary.received - summary.reported[0], summary.failed - summary.reported[1]
+        if received or failed:
+            with self._engine.begin() as conn:
+                runs_repo.record_progress(conn, summary.run_id, received=received, failed=failed)
+            summary.reported = (summary.reported[0] + received, summary.reported[1] + failed)
+
     def _finish_run(self, summary: RunSummary) -> None:
+        self._write_progress(summary)
         with self._engine.begin() as conn:
-            runs_repo.record_progress(conn, summary.run_id, received=summary.received, failed=summary.failed)
             runs_repo.finish_run(conn, summary.run_id, finished_at=self._now())
 
     def _since(self, meter_ids: Sequence[int], now: datetime) -> dict[int, int]:
@@ -129,11 +149,19 @@ class Collector:
             since[meter_id] = max(floor, start)
         return since
 
-    async def _read_with_retries(self, meter_id: int, since: int, run_id: int | None, summary: RunSummary) -> bool:
+    async def _read_with_retries(
+        self,
+        meter_id: int,
+        since: int,
+        run_id: int | None,
+        summary: RunSummary,
+        counters: tuple[int, int | None] | None = None,
+    ) -> bool:
+        """Read with retries; ``counters`` is a block reserved for the first attempt (later ones reserve anew)."""
         attempts = self._settings.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                readings, elapsed = await self._read_once(meter_id, since)
+                readings, elapsed = await self._read_once(meter_id, since, counters if attempt == 1 else None)
             except AuthenticationFailed as exc:
                 await asyncio.to_thread(self._record_error, meter_id, exc, run_id)
                 return False  # a meter that fails authentication is not retried into a lockout
@@ -157,10 +185,12 @@ class Collector:
         with self._engine.begin() as conn:
             comm_errors.record_comm_error(conn, meter_id, exc.step, exc.message, occurred_at=self._now(), run_id=run_id)
 
-    async def _read_once(self, meter_id: int, since: int) -> tuple[CollectedReadings, float]:
+    async def _read_once(
+        self, meter_id: int, since: int, counters: tuple[int, int | None] | None = None
+    ) -> tuple[CollectedReadings, float]:
         target = self.targets[meter_id]
         loop = asyncio.get_running_loop()
-        client_ic, server_ic = await self.counters.reserve(meter_id)
+        client_ic, server_ic = counters or await self.counters.reserve(meter_id)
         started = loop.time()
         result = await read_meter(
             target,
