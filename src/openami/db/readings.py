@@ -196,6 +196,26 @@ def last_actual_interval_ends(conn: Connection, meter_ids: Sequence[int]) -> dic
     return latest
 
 
+def first_estimated_interval_ends(conn: Connection, meter_ids: Sequence[int], since: int) -> dict[int, int]:
+    """Per meter, the oldest interval end ``> since`` whose current value is an estimate (any channel).
+
+    Meters without such an estimate are absent. The head-end reads again from there: the actual
+    values may have become available. Served by the partial index on estimated rows.
+    """
+    found: dict[int, int] = {}
+    ordered = sorted(set(meter_ids))
+    # the literal (not a bound parameter) lets both databases match the partial index's predicate
+    estimated = sa.text(f"interval_readings.source = {int(SourceCode.ESTIMATED):d}")
+    for i in range(0, len(ordered), 500):
+        query = (
+            sa.select(ir.c.meter_id, sa.func.min(ir.c.interval_end))
+            .where(ir.c.meter_id.in_(ordered[i : i + 500]), estimated, ir.c.interval_end > since)
+            .group_by(ir.c.meter_id)
+        )
+        found.update({int(meter_id): int(end) for meter_id, end in conn.execute(query)})
+    return found
+
+
 def intervals_for_window(
     conn: Connection,
     start: int,
@@ -247,24 +267,3 @@ def count_intervals(
 def _channels(channel: int | None) -> list[int]:
     """The channel codes a query covers: constraining the key's second column keeps index scans tight."""
     return [channel] if channel is not None else [int(c) for c in ChannelCode]
-
-
-def first_estimated_interval_ends(conn: Connection, meter_ids: Sequence[int], since: int) -> dict[int, int]:
-    """The earliest interval end after ``since`` whose current value is an estimate, per meter that has one.
-
-    The head-end re-reads from there, so that a gap filled by an estimate is asked for again.
-    """
-    found: dict[int, int] = {}
-    ordered = sorted(set(meter_ids))
-    for i in range(0, len(ordered), 500):
-        query = (
-            sa.select(ir.c.meter_id, sa.func.min(ir.c.interval_end))
-            .where(
-                ir.c.meter_id.in_(ordered[i : i + 500]),
-                ir.c.interval_end > since,
-                ir.c.source == int(SourceCode.ESTIMATED),
-            )
-            .group_by(ir.c.meter_id)
-        )
-        found.update({int(meter_id): int(end) for meter_id, end in conn.execute(query)})
-    return found

@@ -151,6 +151,14 @@ interval_readings = sa.Table(  # the current version of every (meter, channel, i
     sa.Column("received_at", Epoch(), nullable=False),
     sa.Column("quality", sa.Integer(), nullable=False),  # domain.readings.Quality flags
     sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
+    # estimates are few; this partial index finds a meter's oldest one (a gap to read again) at once
+    sa.Index(
+        "ix_interval_readings_estimated",
+        "meter_id",
+        "interval_end",
+        sqlite_where=sa.text("source = 2"),
+        postgresql_where=sa.text("source = 2"),
+    ),
     sqlite_with_rowid=False,
 )
 

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from openami.db.readings import (
     IngestCounts,
     count_intervals,
+    first_estimated_interval_ends,
     intervals_for_window,
     last_actual_interval_end,
     last_actual_interval_ends,
@@ -80,6 +81,8 @@ def test_actual_replaces_estimate_but_estimate_never_replaces_actual(engine: Eng
     with engine.connect() as conn:
         assert last_actual_interval_end(conn, meter) == T0 + 3 * 900
         assert last_actual_interval_end(conn, meter, IMP) == T0 + 3 * 900
+        assert first_estimated_interval_ends(conn, [meter, meter + 1], T0) == {meter: T0 + 4 * 900}
+        assert first_estimated_interval_ends(conn, [meter], T0 + 6 * 900) == {meter: T0 + 7 * 900}
     actuals = day(meter, value=7.0, start=T0 + 4 * 900, n=4)
     assert write(engine, actuals) == IngestCounts(0, 8, 0)
     late_estimate = day(meter, value=1.0, source=EST, quality=int(Quality.ESTIMATED), n=4)
@@ -87,6 +90,7 @@ def test_actual_replaces_estimate_but_estimate_never_replaces_actual(engine: Eng
     with engine.connect() as conn:
         assert last_actual_interval_end(conn, meter) == T0 + 7 * 900
         assert last_actual_interval_ends(conn, [meter, meter + 1]) == {meter: T0 + 7 * 900, meter + 1: None}
+        assert first_estimated_interval_ends(conn, [meter], T0) == {}
         assert {r.source for r in read_intervals(conn, meter, T0, T0 + 7 * 900)} == {METER}
         history = read_versions(conn, meter, IMP, T0 + 4 * 900)
     assert [(v.version, v.source) for v in history] == [(1, EST), (2, METER)]
