@@ -48,7 +48,7 @@ def _span(fleet: Fleet) -> str:
     help="Port of every meter (each on its own 127.x.y.z); with --single-address the first port. 0: OS-chosen.",
 )
 @click.option("--single-address", is_flag=True, help="All meters on 127.0.0.1, meter i on base-port + i.")
-@click.option("--days", type=click.IntRange(min=1), default=35, show_default=True, help="Load profile history.")
+@click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True, help="Load profile history.")
 @click.option("--flaky", type=click.FloatRange(0, 1), default=0.03, show_default=True, help="Share of flaky meters.")
 @click.option("--drift", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Share of drifting clocks.")
 @click.option(

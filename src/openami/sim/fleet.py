@@ -54,9 +54,10 @@ class FleetConfig:
     """What fleet to build and how to lay it out (see docs/simulator.md).
 
     ``port`` is the port of every meter (each on its own 127.x.y.z address) or, with
-    ``single_address``, the first port on 127.0.0.1 (meter i listens on ``port + i``). Port 0 with
-    ``single_address`` lets the OS choose each port (the runner reports them). ``days`` is how far
-    back the meters' load profile goes.
+    ``single_address``, the first port on 127.0.0.1 (meter i listens on ``port + i``). Port 0 lets
+    the OS choose each meter's port (the runner reports them): what tests want, since a fixed port
+    collides with any other fleet on the machine. ``days`` is how far back the meters' load profile
+    goes (1-3660; memory: about 7 KB per meter and day).
     """
 
     meters: int
@@ -66,7 +67,7 @@ class FleetConfig:
     single_address: bool = False
     port: int = DEFAULT_PORT
     random_keys: bool = False
-    days: int = 35
+    days: int = 7
     utc_offset_s: int = 0
     max_meters_per_process: int = MAX_METERS_PER_PROCESS
 
@@ -77,8 +78,8 @@ class FleetConfig:
             raise ValueError("flaky_fraction and drift_fraction must be between 0 and 1")
         if not 0 <= self.port <= 65_535 or (self.single_address and self.port and self.port + self.meters > 65_536):
             raise ValueError(f"port {self.port} leaves no room for {self.meters} meters")
-        if self.days < 1 or self.max_meters_per_process < 1:
-            raise ValueError("days and max_meters_per_process must be positive")
+        if not 1 <= self.days <= 3660 or self.max_meters_per_process < 1:
+            raise ValueError("days must be 1-3660 and max_meters_per_process positive")
 
 
 @dataclass(frozen=True, slots=True)

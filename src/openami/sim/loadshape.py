@@ -203,7 +203,10 @@ class LoadModel:
         if day != self._day:
             self._day, self._day_state = day, self._compute_day(day)
         table, season, weather, sin_decl, cos_decl, ev_start, ev_end, ev_carry = self._day_state
-        h = _mix64(self._salt + (day * SLOTS_PER_DAY + slot) * _GOLDEN)
+        h = (self._salt + (day * SLOTS_PER_DAY + slot) * _GOLDEN) & _MASK64  # _mix64, inlined: the hot path
+        h = ((h ^ (h >> 30)) * _M1) & _MASK64
+        h = ((h ^ (h >> 27)) * _M2) & _MASK64
+        h ^= h >> 31
         wh = table[slot] * season * (self._noise_lo + self._noise_span * ((h >> 11) * _INV_2_53))
         if (h & 0x3FF) < self._spike_below:
             wh += _SPIKE_WH
