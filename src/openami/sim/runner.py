@@ -32,6 +32,7 @@ from openami.sim.serving import serve_meters_of
 __all__ = ["FleetHandle", "run_fleet_in_process", "start_fleet_processes", "worker_main"]
 
 _STOP_GRACE_S = 10.0
+_WARM_S_PER_METER_DAY = 0.0006  # 96 intervals at ~3 us, doubled for a machine that is busy elsewhere
 
 
 @dataclasses.dataclass(slots=True)
@@ -137,17 +138,20 @@ def start_fleet_processes(
     *,
     processes: int | None = None,
     commissioning_path: str | os.PathLike[str] | None = None,
-    timeout: float = 120.0,
+    timeout: float | None = None,
 ) -> FleetHandle:
     """Start the fleet in worker processes and return once every meter listens.
 
     ``processes`` defaults to enough workers for ``max_meters_per_process`` each. When
     ``commissioning_path`` is given, the commissioning file (0600) is written there before returning,
-    with the ports actually bound. Raises TimeoutError/RuntimeError (after stopping the workers) when
-    a worker does not come up.
+    with the ports actually bound. ``timeout`` defaults to a minute plus the meters' warm-up on two
+    busy cores. Raises TimeoutError/RuntimeError (after stopping the workers) when a worker does not
+    come up.
     """
     if isinstance(fleet, FleetConfig):
         fleet = build_fleet(fleet)
+    if timeout is None:
+        timeout = 60.0 + len(fleet.meters) * fleet.config.days * _WARM_S_PER_METER_DAY
     workers: list[_Worker] = []
     handle = FleetHandle(fleet, workers, None)
     try:
