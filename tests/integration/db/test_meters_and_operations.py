@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -166,3 +167,27 @@ def test_tokens_are_shown_once_stored_hashed_and_expire(engine: Engine) -> None:
             tokens.create_token(conn, "bad", ["has space"], now=NOW)
         with pytest.raises(NotFound):
             tokens.revoke_token(conn, 999, now=NOW)
+
+
+def test_racing_workers_never_accept_the_same_server_counter_twice(engine: Engine) -> None:
+    with engine.begin() as conn:
+        (meter,) = add_meters(conn, 1)
+        counters.accept_server_ic(conn, meter, 0, now=NOW)
+    accepted: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for ic in range(1, 40):
+            with engine.begin() as conn:
+                if counters.accept_server_ic(conn, meter, ic, now=NOW):
+                    with lock:
+                        accepted.append(ic)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(accepted) == len(set(accepted))  # a replayed counter is accepted by nobody
+    with engine.connect() as conn:
+        assert counters.get(conn, meter).server_ic_last == 39
