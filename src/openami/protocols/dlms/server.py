@@ -85,6 +85,7 @@ class ServerSession:
         self._framer = WrapperFramer(max_apdu_length=max(config.max_pdu_size, 256))
         self._connection: ServerConnection | None = None
         self._policy: ClientPolicy | None = None
+        self._rights: dict[tuple[int, bytes], AccessRights] = {}  # the policy's answers, per object
         self.closed = False
 
     # ------------------------------------------------------------------------------ transport side
@@ -174,7 +175,10 @@ class ServerSession:
     def rights_for(self, obj: CosemObject) -> AccessRights:
         if self._policy is None:
             return AccessRights()
-        return self._policy.rights(obj)
+        rights = self._rights.get(obj.key)
+        if rights is None:
+            rights = self._rights[obj.key] = self._policy.rights(obj)
+        return rights
 
     def visible_objects(self) -> Sequence[tuple[CosemObject, AccessRights]]:
         visible = []
