@@ -92,8 +92,8 @@ _COLUMNS = (ir.c.meter_id, ir.c.channel, ir.c.interval_end, ir.c.value, ir.c.qua
 def write_intervals(conn: Connection, rows: Sequence[IntervalRow]) -> IngestCounts:
     """Store a batch of interval values idempotently; returns what became of them.
 
-    Raises NotFound when a row names a meter that does not exist and InvalidInput for a row the
-    database refuses (e.g. NaN on SQLite); nothing of the batch should then be committed.
+    Raises NotFound (before writing anything) when a row names a meter that does not exist, and
+    InvalidInput for a row the database refuses (e.g. NaN on SQLite); the caller must then roll back.
     """
     if not rows:
         return IngestCounts(0, 0, 0)
@@ -106,22 +106,35 @@ def write_intervals(conn: Connection, rows: Sequence[IntervalRow]) -> IngestCoun
 
 
 def _write_sqlite(raw: sqlite3.Connection, rows: Sequence[IntervalRow]) -> IngestCounts:
-    before = raw.total_changes
     cursor = raw.cursor()
     try:
+        _check_meters_sqlite(cursor, {row[0] for row in rows})
+        before = raw.total_changes
         cursor.executemany(_SQLITE_UPSERT, rows)
+        changed = cursor.rowcount
     except sqlite3.IntegrityError as error:
-        if "FOREIGN KEY" in str(error):
-            raise NotFound("interval batch refers to an unknown meter id") from None
         raise InvalidInput(f"interval batch refused by the database: {error}") from None
     finally:
-        changed = cursor.rowcount
         cursor.close()
     # rowcount counts rows inserted or updated by the statement; total_changes also counts the rows
     # the version trigger copied into interval_reading_versions, one per update.
     superseded = raw.total_changes - before - changed
     inserted = changed - superseded
     return IngestCounts(inserted, superseded, len(rows) - changed)
+
+
+def _check_meters_sqlite(cursor: sqlite3.Cursor, meter_ids: set[int]) -> None:
+    """Raise NotFound, before anything is written, if a batch names meters that do not exist."""
+    wanted = sorted(meter_ids)
+    known: set[int] = set()
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        placeholders = ",".join("?" * len(chunk))  # placeholders only: the ids are bound parameters
+        known.update(r[0] for r in cursor.execute(f"SELECT id FROM meters WHERE id IN ({placeholders})", chunk))  # noqa: S608
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        shown = ", ".join(str(m) for m in unknown[:10])
+        raise NotFound(f"interval batch refers to {len(unknown)} unknown meter id(s): {shown}")
 
 
 def read_intervals(

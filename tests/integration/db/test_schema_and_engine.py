@@ -37,8 +37,6 @@ def test_migration_matches_table_definitions(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(context, metadata)
-    # the one deliberate difference: interval_readings -> meters FK exists on SQLite only (see tables.py)
-    diff = [d for d in diff if not (d[0] == "remove_fk" and d[1].table.name == "interval_readings")]
     assert diff == []
 
 

@@ -164,7 +164,6 @@ def _readings(dialect: str) -> None:
         channels,
         [{"code": 1, "obis": "1.0.1.8.0.255", "unit": "Wh"}, {"code": 2, "obis": "1.0.2.8.0.255", "unit": "Wh"}],
     )
-    meter_fk = [_fk("meter_id", "meters.id", "interval_readings")] if dialect == "sqlite" else []
     op.create_table(
         "interval_readings",
         sa.Column("meter_id", _METER_ID(), nullable=False, autoincrement=False),
@@ -176,7 +175,6 @@ def _readings(dialect: str) -> None:
         sa.Column("quality", sa.Integer(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
         _pk("meter_id", "channel", "interval_end", table="interval_readings"),
-        *meter_fk,
         sqlite_with_rowid=False,
     )
     op.create_table(
