@@ -149,7 +149,7 @@ def _profile_decode_rows_per_s(seconds: float = 1.0) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="openami bench dlms", description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=3000, help="full sessions to run (default 3000)")
-    parser.add_argument("--clients", type=int, default=1, help="client processes (default 1)")
+    parser.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent sessions per client process")
     parser.add_argument("--pdu", type=int, default=1024, help="client's proposed max PDU size (default 1024)")
     args = parser.parse_args()
