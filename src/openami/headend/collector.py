@@ -23,9 +23,9 @@ from openami.db import collection as runs_repo
 from openami.db import comm_errors
 from openami.db import readings as readings_repo
 from openami.domain.messages import CollectedReadings
-from openami.errors import AuthenticationFailed, MeterCommunicationError, NotFound
+from openami.errors import AssociationRejected, AuthenticationFailed, MeterCommunicationError, NotFound
 from openami.headend.counters import CounterStore
-from openami.headend.reader import INTERVAL_S, MeterTarget, SessionCounters, read_meter
+from openami.headend.reader import INTERVAL_S, MeterTarget, ProfileLayout, SessionCounters, read_meter
 from openami.settings import CollectionSettings
 
 _log = structlog.get_logger("openami.headend")
@@ -68,6 +68,7 @@ class Collector:
         self.counters = CounterStore(engine, now=now)
         self._bulk_slots = asyncio.Semaphore(settings.concurrency)
         self._on_demand_slots = asyncio.Semaphore(on_demand_slots)
+        self._layouts: dict[int, ProfileLayout] = {}  # learnt once per meter (per process)
 
     async def close(self) -> None:
         await self.counters.close()
@@ -162,10 +163,11 @@ class Collector:
         for attempt in range(1, attempts + 1):
             try:
                 readings, elapsed = await self._read_once(meter_id, since, counters if attempt == 1 else None)
-            except AuthenticationFailed as exc:
+            except (AuthenticationFailed, AssociationRejected) as exc:
                 await asyncio.to_thread(self._record_error, meter_id, exc, run_id)
-                return False  # a meter that fails authentication is not retried into a lockout
+                return False  # retrying would be refused again (and could lock the meter out)
             except MeterCommunicationError as exc:
+                self._layouts.pop(meter_id, None)  # learn the profile layout again on the next attempt
                 if attempt == attempts:
                     await asyncio.to_thread(self._record_error, meter_id, exc, run_id)
                     return False
@@ -194,6 +196,7 @@ class Collector:
         started = loop.time()
         result = await read_meter(
             target,
+            layout=self._layouts.get(meter_id),
             client_system_title=self._client_system_title,
             counters=SessionCounters(client_ic, server_ic),
             since=since,
@@ -202,6 +205,7 @@ class Collector:
             now=self._now,
         )
         elapsed = loop.time() - started
+        self._layouts[meter_id] = result.layout
         await self.counters.record(
             meter_id,
             client_ic_next=result.counters.client_ic_next,
@@ -221,6 +225,7 @@ class Collector:
             try:
                 readings, _ = await self._read_once(meter_id, since)
             except MeterCommunicationError as exc:
+                self._layouts.pop(meter_id, None)
                 await asyncio.to_thread(self._record_error, meter_id, exc, None)
                 raise
         return readings

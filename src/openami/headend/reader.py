@@ -1,4 +1,4 @@
-"""One read of one meter over DLMS: associate, read clock, registers and profile, release.
+"""One read of one meter over DLMS: associate, read clock and registers, read the profile, release.
 
 Only what the meter authenticated is returned: every response on the management association is
 AES-GCM protected and its tag checked by the protocol layer, so a value that reaches the
@@ -7,8 +7,8 @@ AES-GCM protected and its tag checked by the protocol layer, so a value that rea
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from openami.domain.messages import CollectedReadings
@@ -24,6 +24,8 @@ from openami.errors import (
 from openami.protocols.dlms import obis as obis_codes
 from openami.protocols.dlms.client import DlmsClient, ProfileRow
 from openami.protocols.dlms.client_connection import ClientSettings
+from openami.protocols.dlms.cosem.profile import CaptureObject, parse_time
+from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import (
     AssociationError,
     AuthenticationTagError,
@@ -59,9 +61,40 @@ class SessionCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileLayout:
+    """Where the clock, import, export and status columns sit in a meter's load profile.
+
+    Learnt from the profile's capture_objects once and cached per meter: real meters differ in
+    column order and in what else they capture.
+    """
+
+    columns: tuple[CaptureObject, ...]
+    import_index: int  # index into ProfileRow.values (the clock column is not among them)
+    export_index: int
+    status_index: int | None
+
+    @classmethod
+    def of(cls, columns: Sequence[CaptureObject]) -> ProfileLayout:
+        others = [c for c in columns if not c.is_clock]
+        if len(others) == len(columns):
+            raise MeterCommunicationError("the load profile captures no clock", step="profile")
+        positions = {(c.class_id, str(c.logical_name), c.attribute_index): i for i, c in enumerate(others)}
+        try:
+            import_index = positions[(3, str(obis_codes.ACTIVE_IMPORT), 2)]
+            export_index = positions[(3, str(obis_codes.ACTIVE_EXPORT), 2)]
+        except KeyError:
+            raise MeterCommunicationError(
+                "the load profile does not capture both active energy registers", step="profile"
+            ) from None
+        status = [i for i, c in enumerate(others) if c.class_id == 1 and str(c.logical_name).startswith("0.0.96.10.")]
+        return cls(tuple(columns), import_index, export_index, status[0] if status else None)
+
+
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     readings: CollectedReadings
     counters: SessionCounters
+    layout: ProfileLayout
 
 
 class _Steps:
@@ -75,22 +108,10 @@ def floor_interval(epoch: int) -> int:
     return epoch - epoch % INTERVAL_S
 
 
-async def read_meter(
-    target: MeterTarget,
-    *,
-    client_system_title: bytes,
-    counters: SessionCounters,
-    since: int,
-    until: int,
-    timeout_s: float,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> ReadResult:
-    """Read intervals ending in (since, until] plus clock and registers; raise MeterCommunicationError.
-
-    ``since`` is the last interval end already held (epoch s); the profile request starts at the
-    next interval so nothing already stored is read again.
-    """
-    settings = ClientSettings.management(
+def _client_settings(
+    target: MeterTarget, client_system_title: bytes, counters: SessionCounters, timeout_s: float
+) -> ClientSettings:
+    return ClientSettings.management(
         target.host,
         target.port,
         system_title=client_system_title,
@@ -100,37 +121,67 @@ async def read_meter(
         server_invocation_counter=-1 if counters.server_ic_last is None else counters.server_ic_last,
         timeout_s=timeout_s,
     )
+
+
+async def read_meter(  # noqa: PLR0913 - all keyword-only, each one needed
+    target: MeterTarget,
+    *,
+    client_system_title: bytes,
+    counters: SessionCounters,
+    since: int,
+    until: int,
+    timeout_s: float,
+    layout: ProfileLayout | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ReadResult:
+    """Read intervals ending in (since, until] plus clock and registers; raise MeterCommunicationError.
+
+    ``since`` is the last interval end already held (epoch s); the profile is read from the capture
+    at ``since`` (to difference the cumulative registers) up to ``until``. ``layout`` is the meter's
+    profile layout when known from an earlier read (saves a request); the result carries it.
+    """
     steps = _Steps()
     first_end = floor_interval(since) + INTERVAL_S
     last_end = floor_interval(until)
-    client = DlmsClient(settings)
+    client = DlmsClient(_client_settings(target, client_system_title, counters, timeout_s))
     try:
         async with client:
             steps.current = "identify"
             _check_identity(client, target)
-            steps.current = "clock"
-            meter_clock = await client.read_clock()
-            read_at = now()
             steps.current = "registers"
-            registers, scalers = await _read_registers(client, target.meter_id, read_at)
+            meter_clock, registers, scalers = await _read_clock_and_registers(client, target.meter_id)
+            read_at = now()
             steps.current = "profile"
+            if layout is None:
+                layout = ProfileLayout.of(await client.profile_columns(obis_codes.LOAD_PROFILE))
             rows = await client.read_profile(
                 obis_codes.LOAD_PROFILE,
-                # one capture earlier than the first interval: its register value starts the first delta
                 datetime.fromtimestamp(first_end - INTERVAL_S, UTC),
                 datetime.fromtimestamp(last_end, UTC),
+                columns=layout.columns,
             )
             steps.current = "release"
     except MeterCommunicationError:
         raise
     except Exception as exc:
         raise _translate(exc, target.serial, steps.current) from exc
-    readings = _collected(target.meter_id, read_at, meter_clock, (first_end, last_end), rows, registers, scalers)
-    server_ic = client.server_invocation_counter
-    return ReadResult(
-        readings,
-        SessionCounters(client.client_invocation_counter, None if server_ic < 0 else server_ic),
+    columns = _interval_columns(rows, layout, scalers, (first_end, last_end))
+    readings = CollectedReadings(
+        meter_id=target.meter_id,
+        read_at=read_at,
+        meter_clock=meter_clock,
+        requested_from=first_end,
+        requested_to=last_end,
+        interval_ends=columns[0],
+        import_wh=columns[1],
+        export_wh=columns[2],
+        status=columns[3],
+        registers=tuple(replace(r, captured_at=read_at, received_at=read_at) for r in registers),
+        interval_s=INTERVAL_S,
     )
+    server_ic = client.server_invocation_counter
+    counters_after = SessionCounters(client.client_invocation_counter, None if server_ic < 0 else server_ic)
+    return ReadResult(readings, counters_after, layout)
 
 
 def _check_identity(client: DlmsClient, target: MeterTarget) -> None:
@@ -140,76 +191,74 @@ def _check_identity(client: DlmsClient, target: MeterTarget) -> None:
 
 _UNITS = {27: "W", 30: "Wh", 32: "varh", 33: "A", 35: "V"}
 _REGISTERS = (obis_codes.ACTIVE_IMPORT, obis_codes.ACTIVE_EXPORT)
+_CLOCK_AND_REGISTERS = [(obis_codes.CLOCK, 8, 2)] + [(code, 3, attr) for code in _REGISTERS for attr in (2, 3)]
 
 
-async def _read_registers(
-    client: DlmsClient, meter_id: int, read_at: datetime
-) -> tuple[tuple[RegisterSnapshot, ...], tuple[int, ...]]:
-    """Both energy registers (value and scaler_unit) in one GET-with-list; returns snapshots and scalers."""
-    answers = await client.get_with_list([(code, 3, attr) for code in _REGISTERS for attr in (2, 3)])
+async def _read_clock_and_registers(
+    client: DlmsClient, meter_id: int
+) -> tuple[datetime, tuple[RegisterSnapshot, ...], tuple[int, ...]]:
+    """Clock and both energy registers (value, scaler_unit) in one GET-with-list: one round trip."""
+    answers = await client.get_with_list(_CLOCK_AND_REGISTERS)
+    clock = answers[0]
+    if not isinstance(clock, bytes | CosemDateTime):
+        raise MeterCommunicationError(f"clock answered {clock!r}", step="registers")
+    meter_clock = parse_time(clock)
     snapshots = []
     scalers = []
     for i, code in enumerate(_REGISTERS):
-        value, scaler_unit = answers[2 * i], answers[2 * i + 1]
+        value, scaler_unit = answers[1 + 2 * i], answers[2 + 2 * i]
         if not isinstance(value, int | float) or not isinstance(scaler_unit, tuple) or len(scaler_unit) != 2:
             raise MeterCommunicationError(f"register {code} answered {value!r}/{scaler_unit!r}", step="registers")
         scaler, unit = int(_number(scaler_unit[0])), int(_number(scaler_unit[1]))
         scalers.append(scaler)
         scaled = float(value) * 10.0**scaler
-        snapshots.append(RegisterSnapshot(meter_id, str(code), read_at, scaled, _UNITS.get(unit, str(unit)), read_at))
-    return tuple(snapshots), tuple(scalers)
+        unit_name = _UNITS.get(unit, str(unit))
+        snapshots.append(RegisterSnapshot(meter_id, str(code), meter_clock, scaled, unit_name, meter_clock))
+    return meter_clock, tuple(snapshots), tuple(scalers)
 
 
-def _collected(
-    meter_id: int,
-    read_at: datetime,
-    meter_clock: datetime,
-    requested: tuple[int, int],
-    rows: list[ProfileRow],
-    registers: tuple[RegisterSnapshot, ...],
-    scalers: tuple[int, ...],
-) -> CollectedReadings:
-    """Columnar interval energies from profile rows (clock, cumulative import, cumulative export, status)."""
+Columns = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[int, ...]]
+
+
+def _interval_columns(
+    rows: list[ProfileRow], layout: ProfileLayout, scalers: tuple[int, ...], requested: tuple[int, int]
+) -> Columns:
+    """Interval energies from captures of the cumulative registers (differences 15 minutes apart).
+
+    A capture without its predecessor one interval earlier gives no interval: VEE sees a gap and
+    estimates it; out-of-order captures (a clock that went back) are skipped, VEE flags the clock.
+    """
     first_end, last_end = requested
     import_factor, export_factor = 10.0 ** scalers[0], 10.0 ** scalers[1]
+    imp, exp, st = layout.import_index, layout.export_index, layout.status_index
     ends: list[int] = []
     imports: list[float] = []
     exports: list[float] = []
     status: list[int] = []
-    previous: tuple[int, float, float] | None = None
+    width = len(layout.columns) - 1
+    previous_end, previous_import, previous_export = -1, 0.0, 0.0
     for row in rows:
         end = int(row.clock.timestamp())
-        if previous is not None and end <= previous[0]:
-            continue  # out of order or repeated: the meter's clock went back; VEE flags the clock
-        imported = _number(row.values[0]) * import_factor
-        exported = _number(row.values[1]) * export_factor
-        # The profile captures the cumulative registers; an interval's energy is the difference to the
-        # capture one interval earlier. Without that capture the interval is a gap for VEE to fill.
-        if previous is not None and previous[0] == end - INTERVAL_S and first_end <= end <= last_end:
+        if end <= previous_end:
+            continue
+        values = row.values
+        if len(values) != width:  # the cached layout no longer fits: the meter was reconfigured
+            raise MeterCommunicationError("load profile rows do not match its capture objects", step="profile")
+        imported = _number(values[imp]) * import_factor
+        exported = _number(values[exp]) * export_factor
+        if previous_end == end - INTERVAL_S and first_end <= end <= last_end:
             ends.append(end)
-            imports.append(imported - previous[1])
-            exports.append(exported - previous[2])
-            status.append(int(_number(row.values[2])) if len(row.values) > 2 else 0)
-        previous = (end, imported, exported)
-    return CollectedReadings(
-        meter_id=meter_id,
-        read_at=read_at,
-        meter_clock=meter_clock,
-        requested_from=first_end,
-        requested_to=last_end,
-        interval_ends=tuple(ends),
-        import_wh=tuple(imports),
-        export_wh=tuple(exports),
-        status=tuple(status),
-        registers=registers,
-        interval_s=INTERVAL_S,
-    )
+            imports.append(imported - previous_import)
+            exports.append(exported - previous_export)
+            status.append(0 if st is None else int(_number(values[st])))
+        previous_end, previous_import, previous_export = end, imported, exported
+    return tuple(ends), tuple(imports), tuple(exports), tuple(status)
 
 
 def _number(value: object) -> float:
     if isinstance(value, int | float):
         return float(value)
-    raise MeterCommunicationError(f"profile column holds {type(value).__name__}, not a number", step="profile")
+    raise MeterCommunicationError(f"a number was expected, the meter sent {type(value).__name__}", step="profile")
 
 
 def _translate(exc: Exception, serial: str, step: str) -> MeterCommunicationError:
