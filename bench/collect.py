@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQL
 
+from openami.db import comm_errors  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
 from openami.security.keystore import master_key_provider  # noqa: E402
@@ -130,11 +132,15 @@ def main() -> None:
             import_commissioning(engine, master_key_provider(settings), document, now=datetime.now(UTC))
             platform = build_platform(settings, engine=engine)
 
-            async def run() -> dict[str, float]:
+            async def run() -> dict[str, object]:
                 try:
-                    return await _collect(platform, console)
+                    figures: dict[str, object] = {**await _collect(platform, console)}
                 finally:
                     await stop_platform(platform)
+                with engine.connect() as conn:
+                    errors = comm_errors.list_comm_errors(conn, limit=1000)
+                figures["failures"] = dict(Counter(f"{e.step}: {e.cause.split(':')[0]}" for e in errors))
+                return figures
 
             result: dict[str, object] = {"db": args.db, "concurrency": args.concurrency, **asyncio.run(run())}
         finally:

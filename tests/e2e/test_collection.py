@@ -190,3 +190,17 @@ async def test_values_from_a_meter_whose_authentication_fails_are_never_stored(
         assert victim["keys"]["guek"] not in errors[0].cause
     finally:
         await stop_platform(p)
+
+
+async def test_on_demand_reads_during_a_collection_never_trip_the_meters_replay_protection(
+    platform: Platform, fleet: FleetHandle
+) -> None:
+    healthy = sorted(_ids(platform.engine, _healthy_serials(fleet)).values())[:10]
+    bulk = asyncio.create_task(platform.collector.collect(healthy))
+    on_demand = await asyncio.gather(*(platform.collector.read_on_demand(m, hours=1) for m in healthy))
+    summary = await bulk
+    assert summary.failed == 0
+    assert all(r.interval_ends for r in on_demand)
+    with platform.engine.connect() as conn:
+        for meter_id in healthy:
+            assert not comm_errors.list_comm_errors(conn, meter_id=meter_id)

@@ -69,6 +69,8 @@ class Collector:
         self._bulk_slots = asyncio.Semaphore(settings.concurrency)
         self._on_demand_slots = asyncio.Semaphore(on_demand_slots)
         self._layouts: dict[int, ProfileLayout] = {}  # learnt once per meter (per process)
+        self._last_block: dict[int, int] = {}  # first client IC of the newest block used per meter
+        self._locks: dict[int, asyncio.Lock] = {}
 
     async def close(self) -> None:
         await self.counters.close()
@@ -190,29 +192,44 @@ class Collector:
     async def _read_once(
         self, meter_id: int, since: int, counters: tuple[int, int | None] | None = None
     ) -> tuple[CollectedReadings, float]:
+        """One session; sessions with the same meter never overlap (a meter serves one at a time).
+
+        A block reserved ahead (for a whole run) is used only while no later block has been used
+        with that meter, e.g. by an on-demand read in between: the meter would refuse it as a replay.
+        """
         target = self.targets[meter_id]
         loop = asyncio.get_running_loop()
-        client_ic, server_ic = counters or await self.counters.reserve(meter_id)
-        started = loop.time()
-        result = await read_meter(
-            target,
-            layout=self._layouts.get(meter_id),
-            client_system_title=self._client_system_title,
-            counters=SessionCounters(client_ic, server_ic),
-            since=since,
-            until=int(self._now().timestamp()),
-            timeout_s=self._settings.timeout_s,
-            now=self._now,
-        )
-        elapsed = loop.time() - started
-        self._layouts[meter_id] = result.layout
-        await self.counters.record(
-            meter_id,
-            client_ic_next=result.counters.client_ic_next,
-            server_ic_last=result.counters.server_ic_last,
-        )
+        async with self._meter_lock(meter_id):
+            if counters is None or counters[0] < self._last_block.get(meter_id, -1):
+                counters = await self.counters.reserve(meter_id)
+            client_ic, server_ic = counters
+            self._last_block[meter_id] = client_ic
+            started = loop.time()
+            result = await read_meter(
+                target,
+                layout=self._layouts.get(meter_id),
+                client_system_title=self._client_system_title,
+                counters=SessionCounters(client_ic, server_ic),
+                since=since,
+                until=int(self._now().timestamp()),
+                timeout_s=self._settings.timeout_s,
+                now=self._now,
+            )
+            elapsed = loop.time() - started
+            self._layouts[meter_id] = result.layout
+            await self.counters.record(
+                meter_id,
+                client_ic_next=result.counters.client_ic_next,
+                server_ic_last=result.counters.server_ic_last,
+            )
         await self._bus.publish(READINGS_COLLECTED, result.readings)
         return result.readings, elapsed
+
+    def _meter_lock(self, meter_id: int) -> asyncio.Lock:
+        lock = self._locks.get(meter_id)
+        if lock is None:
+            lock = self._locks[meter_id] = asyncio.Lock()
+        return lock
 
     # -- on demand -----------------------------------------------------------------------------------
 
