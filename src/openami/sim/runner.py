@@ -55,6 +55,11 @@ class FleetHandle:
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
 
+    @property
+    def exit_codes(self) -> list[int | None]:
+        """Each worker's exit code (None while it runs); 0 after a clean ``stop()``."""
+        return [w.process.poll() for w in self._workers]
+
     def alive(self) -> bool:
         """True while every worker process runs."""
         return all(w.process.poll() is None for w in self._workers)

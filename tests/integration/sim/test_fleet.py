@@ -148,9 +148,10 @@ async def test_one_process_api_serves_a_fleet_in_the_caller_s_loop() -> None:
 
 def test_stop_ends_every_worker() -> None:
     handle = start_fleet_processes(FleetConfig(meters=4, port=0), processes=2, timeout=60)
-    processes = list(handle._workers)
+    assert handle.exit_codes == [None, None]
     handle.stop()
-    assert [w.process.returncode for w in processes] == [0, 0]
+    assert handle.exit_codes == [0, 0]
+    assert not handle.alive()
 
 
 def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
