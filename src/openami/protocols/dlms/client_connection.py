@@ -80,12 +80,9 @@ from openami.protocols.dlms.security import (
     GENERAL_GLO_CIPHERING,
     GLO_TAGS,
     ReplayGuard,
-    cipher_apdu,
-    decipher_apdu,
+    Suite0,
     glo_tag,
-    hls_gmac,
     plain_tag,
-    verify_hls_gmac,
 )
 from openami.protocols.dlms.session_errors import HlsAuthenticationError
 from openami.protocols.dlms.wrapper import WrapperFramer, encode_wrapper
@@ -201,6 +198,7 @@ class ClientConnection:
         self._server_guard = ReplayGuard(settings.server_invocation_counter)
         self._challenge = challenge if challenge is not None else random_bytes(16)
         self._server_title: bytes | None = None
+        self._suite: Suite0 | None = None  # built on first use: keys checked, AES key schedule once
         self._pending: Request | None = None
         self._raw = False
         self._blocks = bytearray()
@@ -331,8 +329,8 @@ class ClientConnection:
             raise HlsAuthenticationError("the AARE did not ask for HLS authentication (no challenge)")
         if self._server_title is None or len(self._server_title) != 8:
             raise HlsAuthenticationError("the AARE carries no 8-byte server system title")
-        title, ek, ak = self._secrets()
-        f_stoc = hls_gmac(system_title=title, invocation_counter=self._next_ic(), ek=ek, ak=ak, challenge=stoc)
+        title, suite = self._secrets()
+        f_stoc = suite.hls_gmac(system_title=title, invocation_counter=self._next_ic(), challenge=stoc)
         action = ActionRequestNormal(MethodDescriptor(15, CURRENT_ASSOCIATION, 1), f_stoc)
         self._machine.fire(_HlsChallenge)
         self._pending = action
@@ -340,7 +338,7 @@ class ClientConnection:
 
     def _on_hls_reply(self, apdu: object) -> None:
         """HLS pass 4: the server's f(CtoS) must verify with its system title."""
-        _, ek, ak = self._secrets()
+        _, suite = self._secrets()
         assert self._server_title is not None  # checked before pass 3
         if not isinstance(apdu, ActionResponseNormal) or apdu.result != ActionResult.SUCCESS:
             self._machine.fire(_Failed)
@@ -349,7 +347,7 @@ class ClientConnection:
             self._machine.fire(_Failed)
             raise HlsAuthenticationError("the server's HLS reply carries no f(CtoS)")
         try:
-            verify_hls_gmac(apdu.return_data, system_title=self._server_title, ek=ek, ak=ak, challenge=self._challenge)
+            suite.verify_hls_gmac(apdu.return_data, system_title=self._server_title, challenge=self._challenge)
         except AuthenticationTagError:
             self._machine.fire(_Failed)
             raise HlsAuthenticationError("the server's f(CtoS) does not verify (wrong keys or not the meter)") from None
@@ -423,12 +421,14 @@ class ClientConnection:
     def _frame(self, apdu: bytes) -> bytes:
         return encode_wrapper(self.settings.client_sap, self.settings.server_address, apdu)
 
-    def _secrets(self) -> tuple[bytes, bytes, bytes]:
-        """(own system title, GUEK, GAK); the settings guarantee them on secured associations."""
+    def _secrets(self) -> tuple[bytes, Suite0]:
+        """(own system title, Suite 0 with GUEK and GAK); the settings guarantee them on secured associations."""
         s = self.settings
         if s.system_title is None or s.guek is None or s.gak is None:
             raise SecurityError("this association has no keys")
-        return s.system_title, s.guek, s.gak
+        if self._suite is None:
+            self._suite = Suite0(s.guek, s.gak)
+        return s.system_title, self._suite
 
     def _next_ic(self) -> int:
         ic = self._ic
@@ -438,24 +438,21 @@ class ClientConnection:
         return ic
 
     def _cipher(self, plain: bytes) -> bytes:
-        title, ek, ak = self._secrets()
-        return cipher_apdu(
+        title, suite = self._secrets()
+        return suite.cipher(
             plain,
             tag=glo_tag(plain[0]),
             security_control=SC_AUTHENTICATED_ENCRYPTED,
             system_title=title,
             invocation_counter=self._next_ic(),
-            ek=ek,
-            ak=ak,
         )
 
     def _protect(self, plain: bytes) -> bytes:
         return self._cipher(plain) if self.settings.ciphered else plain
 
     def _decipher(self, data: bytes) -> bytes:
-        _, ek, ak = self._secrets()
-        opened = decipher_apdu(data, system_title=self._server_title, ek=ek, ak=ak, replay_guard=self._server_guard)
-        return opened.plaintext
+        _, suite = self._secrets()
+        return suite.decipher(data, system_title=self._server_title, replay_guard=self._server_guard).plaintext
 
     def _open(self, raw: bytes) -> Apdu:
         """Decode a response (see ``_plaintext``)."""

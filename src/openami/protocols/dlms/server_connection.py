@@ -64,13 +64,8 @@ from openami.protocols.dlms.errors import DecodeError, DlmsError, ReplayError, S
 from openami.protocols.dlms.obis import CURRENT_ASSOCIATION
 from openami.protocols.dlms.security import (
     GENERAL_GLO_CIPHERING,
-    cipher_apdu,
-    cipher_general_glo,
-    decipher_apdu,
     glo_tag,
-    hls_gmac,
     plain_tag,
-    verify_hls_gmac,
 )
 from openami.protocols.dlms.server_policy import ClientPolicy, ServerSecurity
 from openami.protocols.dlms.xdlms import (
@@ -344,15 +339,12 @@ class ServerConnection:
         security = self.security
         assert security is not None
         assert self.client_system_title is not None  # checked by _check_acse
-        verify_hls_gmac(
-            f_stoc, system_title=self.client_system_title, ek=security.guek, ak=security.gak, challenge=self._stoc
-        )
+        suite = security.suite
+        suite.verify_hls_gmac(f_stoc, system_title=self.client_system_title, challenge=self._stoc)
         self._hls_passed = True
-        return hls_gmac(
+        return suite.hls_gmac(
             system_title=security.system_title,
             invocation_counter=security.next_invocation_counter(),
-            ek=security.guek,
-            ak=security.gak,
             challenge=self._ctos,
         )
 
@@ -478,7 +470,7 @@ class ServerConnection:
         security = self.security
         assert security is not None
         guard = security.guard(self.policy.client_sap)
-        return decipher_apdu(apdu, system_title=sender, ek=security.guek, ak=security.gak, replay_guard=guard).plaintext
+        return security.suite.decipher(apdu, system_title=sender, replay_guard=guard).plaintext
 
     def _cipher(self, plain: bytes) -> bytes:
         """Glo-cipher an answer (general-glo when the request was); exception-responses stay plain."""
@@ -486,14 +478,13 @@ class ServerConnection:
             return plain
         security = self.security
         assert security is not None
-        title, ic, ek, ak = security.system_title, security.next_invocation_counter(), security.guek, security.gak
+        title, ic, suite = security.system_title, security.next_invocation_counter(), security.suite
         sc = SC_AUTHENTICATED_ENCRYPTED
         if self._general:
-            return cipher_general_glo(
-                plain, security_control=sc, system_title=title, invocation_counter=ic, ek=ek, ak=ak
-            )
-        tag = glo_tag(plain[0])
-        return cipher_apdu(plain, tag=tag, security_control=sc, system_title=title, invocation_counter=ic, ek=ek, ak=ak)
+            return suite.cipher_general_glo(plain, security_control=sc, system_title=title, invocation_counter=ic)
+        return suite.cipher(
+            plain, tag=glo_tag(plain[0]), security_control=sc, system_title=title, invocation_counter=ic
+        )
 
 
 def _get_data_result(result: Data | DataAccessResult) -> bytes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from openami.protocols.dlms.acse import ApplicationContext, Mechanism
 from openami.protocols.dlms.cosem import AccessRights, AttributeAccess, CosemObject
 from openami.protocols.dlms.obis import CLOCK, CURRENT_ASSOCIATION, Obis
-from openami.protocols.dlms.security import ReplayGuard
+from openami.protocols.dlms.security import ReplayGuard, Suite0
 
 __all__ = ["ClientPolicy", "ServerSecurity", "full_rights", "management_client", "public_client", "read_only"]
 
@@ -99,8 +99,17 @@ class ServerSecurity:
         self.guek = guek
         self.gak = gak
         self.invocation_counter = invocation_counter
+        self._suite: Suite0 | None = None
         self._guards = {sap: ReplayGuard(last) for sap, last in (client_counters or {}).items()}
         """Client SAP -> replay guard; ``client_counters`` gives the last counter accepted from each."""
+
+    @property
+    def suite(self) -> Suite0:
+        """Suite 0 with this server's keys, built on first use (one AES key schedule per meter)."""
+        suite = self._suite
+        if suite is None:
+            suite = self._suite = Suite0(self.guek, self.gak)
+        return suite
 
     def next_invocation_counter(self) -> int:
         """The counter for the next ciphered APDU this server sends (then moves on by one)."""

@@ -12,6 +12,7 @@ from openami.protocols.dlms.security import (
     DecipheredApdu,
     ReplayGuard,
     SecurityControl,
+    Suite0,
     cipher_apdu,
     cipher_general_glo,
     decipher_apdu,
@@ -202,6 +203,28 @@ def test_receiver_rejects_ciphertext_and_tag_changes_as_authentication_failures(
 def test_receiver_with_a_wrong_key_rejects_the_apdu(ek: bytes, ak: bytes) -> None:
     with pytest.raises(AuthenticationTagError):
         decipher_apdu(_cipher(), system_title=CLIENT_TITLE, ek=ek, ak=ak)
+
+
+def test_cached_suite_gives_the_module_functions_bytes_and_refuses_the_same_tampering() -> None:
+    suite = Suite0(EK, AK)
+    assert suite.cipher(
+        GET_CLOCK, tag=0xC8, security_control=0x30, system_title=CLIENT_TITLE, invocation_counter=1
+    ) == (_cipher())
+    guard = ReplayGuard()
+    assert suite.decipher(_cipher(), system_title=CLIENT_TITLE, replay_guard=guard).plaintext == GET_CLOCK
+    tampered = bytearray(_cipher())
+    tampered[-1] ^= 0x01
+    with pytest.raises(AuthenticationTagError):
+        suite.decipher(bytes(tampered), system_title=CLIENT_TITLE)
+    with pytest.raises(ReplayError):
+        suite.decipher(_cipher(), system_title=CLIENT_TITLE, replay_guard=guard)
+    f_stoc = suite.hls_gmac(system_title=CLIENT_TITLE, invocation_counter=4, challenge=b"StoC-challenge!!")
+    assert f_stoc == hls_gmac(
+        system_title=CLIENT_TITLE, invocation_counter=4, ek=EK, ak=AK, challenge=b"StoC-challenge!!"
+    )
+    assert suite.verify_hls_gmac(f_stoc, system_title=CLIENT_TITLE, challenge=b"StoC-challenge!!") == 4
+    assert EK.hex() not in repr(suite).lower()
+    assert AK.hex() not in repr(suite).lower()
 
 
 def test_receiver_with_the_wrong_sender_title_rejects_the_apdu() -> None:
