@@ -21,7 +21,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetHandle]:
     test starting from an empty database needs meters that have not met another test's head-end.
     """
     path = tmp_path_factory.mktemp("fleet") / "commissioning.json"
-    config = FleetConfig(meters=60, seed=11, flaky_fraction=0.05, drift_fraction=0.05, days=10)
+    # port 0: each meter on its own 127.x.y.z address with a port the OS picks, so that another fleet on
+    # this machine (a developer's `make run`, a parallel test run) cannot collide with this one
+    config = FleetConfig(meters=60, seed=11, flaky_fraction=0.05, drift_fraction=0.05, days=10, port=0)
     handle = start_fleet_processes(config, processes=2, commissioning_path=path)
     try:
         yield handle

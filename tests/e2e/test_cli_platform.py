@@ -36,10 +36,9 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Co
 def test_run_with_a_simulated_fleet_collects_and_serves_the_api(tmp_path: Path) -> None:
     port = _free_port()
     env = _env(tmp_path, OPENAMI_COLLECTION__CATCH_UP_DAYS="1")
-    # meters on 127.0.0.1 with OS-chosen ports would need --single-address; the default layout gives each
-    # meter its own 127.x.y.z address on port 4059, as the fleet's own tests do
+    # each meter on its own 127.x.y.z address; --sim-port 0 lets the OS pick ports so no other fleet collides
     proc = subprocess.Popen(
-        [*OPENAMI, "run", "--sim", "30", "--seed", "5", "--port", str(port)],
+        [*OPENAMI, "run", "--sim", "30", "--seed", "5", "--sim-port", "0", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -176,9 +176,12 @@ def _value_json(v: reading_services.IntervalValue) -> dict[str, Any]:
 @click.command()
 @click.option("--sim", "sim_meters", type=click.IntRange(0, 100_000), default=0, help="start a simulated fleet")
 @click.option("--seed", default=1, show_default=True, help="simulated fleet seed")
+@click.option(
+    "--sim-port", default=4059, show_default=True, type=click.IntRange(0, 65535), help="simulated meters' port (0: any)"
+)
 @click.option("--host", default=None, help="API listen address (default from settings: 127.0.0.1)")
 @click.option("--port", default=None, type=click.IntRange(0, 65535), help="API port (default from settings: 8059)")
-def run(sim_meters: int, seed: int, host: str | None, port: int | None) -> None:
+def run(sim_meters: int, seed: int, sim_port: int, host: str | None, port: int | None) -> None:
     """Start the platform: REST API, head-end collection and MDM (and a simulated fleet with --sim N)."""
     oam_logging.configure(level=logging.WARNING)
     settings = Settings()
@@ -190,7 +193,7 @@ def run(sim_meters: int, seed: int, host: str | None, port: int | None) -> None:
         engine = open_storage(settings)
     except OpenAmiError as exc:
         raise _fail(f"cannot open the database: {exc.message}") from None
-    fleet = _start_fleet(settings, engine, sim_meters, seed) if sim_meters else None
+    fleet = _start_fleet(settings, engine, sim_meters, seed, sim_port) if sim_meters else None
     try:
         token = ensure_admin_token(engine, now=datetime.now(UTC))
         if token is not None:
@@ -216,14 +219,14 @@ def _write_private(path: Path, text: str) -> None:
         fd.write(text + "\n")
 
 
-def _start_fleet(settings: Settings, engine: Any, count: int, seed: int) -> Any:
+def _start_fleet(settings: Settings, engine: Any, count: int, seed: int, port: int) -> Any:
     from openami.security.keystore import master_key_provider  # noqa: PLC0415
     from openami.sim.fleet import FleetConfig  # noqa: PLC0415 - the simulator is only for --sim
     from openami.sim.runner import start_fleet_processes  # noqa: PLC0415
 
     path = settings.data_dir / "sim-commissioning.json"
     _err.print(f"starting a simulated fleet of {count} meters (seed {seed})...")
-    handle = start_fleet_processes(FleetConfig(meters=count, seed=seed), commissioning_path=path)
+    handle = start_fleet_processes(FleetConfig(meters=count, seed=seed, port=port), commissioning_path=path)
     document = json.loads(path.read_text(encoding="utf-8"))
     ids = meter_services.import_commissioning(engine, master_key_provider(settings), document, now=datetime.now(UTC))
     _err.print(f"fleet ready: {len(ids)} meters imported from {path}")
