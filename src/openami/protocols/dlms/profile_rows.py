@@ -13,7 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from operator import call, itemgetter
+from functools import partial
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from openami.protocols.dlms.axdr import (
@@ -38,6 +39,8 @@ from openami.protocols.dlms.errors import DecodeError, DlmsError, ProtocolStateE
 
 __all__ = ["ProfileRow", "decode_profile_rows"]
 
+_new_tuple = tuple.__new__
+
 
 class ProfileRow(NamedTuple):
     """One profile capture: its clock as an aware UTC datetime, then the other columns in order."""
@@ -47,10 +50,12 @@ class ProfileRow(NamedTuple):
 
 
 def _fixed(cls: type[int] | type[float]) -> Callable[[Any], Data]:
-    """Build the typed value without re-checking its range (``struct`` already bounds it)."""
+    """Build the typed value without re-checking its range (``struct`` already bounds it).
+
+    A ``partial`` of the base type's ``__new__`` is called from C by ``map``: no Python frame per value.
+    """
     base: Any = int if issubclass(cls, int) else float
-    new = base.__new__
-    return lambda value: new(cls, value)
+    return partial(base.__new__, cls)
 
 
 # tag -> (struct code, converter from the unpacked number to the typed value)
@@ -83,7 +88,10 @@ class _Layout:
         if buf[pos] != _STRUCTURE or buf[pos + 1] >= 0x80:
             raise LookupError("not a short structure")
         width = buf[pos + 1]
-        fmt, checks, values, converters = [">BB"], [(0, _STRUCTURE), (1, width)], [], []
+        fmt: list[str] = [">BB"]
+        checks = [(0, _STRUCTURE), (1, width)]
+        values: list[int] = []
+        converters: list[Callable[[Any], Data] | None] = []
         field, p = 2, pos + 2
         self.clock_fields = -1
         for column in range(width):
@@ -110,17 +118,17 @@ class _Layout:
                 fmt.append(f"BB{size}s")
                 checks += [(field, tag), (field + 1, size)]
                 values.append(field + 2)
-                converters.append(bytes)
+                converters.append(None)  # struct already gives bytes
                 field, p = field + 3, p + 2 + size
             else:
                 raise LookupError("a column that is not of fixed size")
         if self.clock_fields < 0:
             raise LookupError("no date-time clock column")
         self.struct = struct.Struct("".join(fmt))
-        self.check = itemgetter(*(i for i, _ in checks))
+        self.checked = tuple(i for i, _ in checks)
         self.expected = tuple(v for _, v in checks)
-        self.pick = itemgetter(*values) if len(values) > 1 else (lambda row: (row[values[0]],)) if values else None
-        self.converters = converters
+        self.values = tuple(values)
+        self.converters = tuple(converters)
 
 
 def _clock(fields: Sequence[int]) -> datetime:
@@ -133,7 +141,13 @@ def _clock(fields: Sequence[int]) -> datetime:
 
 
 def _fast(raw: bytes, clock_index: int) -> list[ProfileRow] | None:
-    """Rows by the learnt struct, or None when the buffer does not have one fixed shape."""
+    """Rows by the learnt struct, or None when the buffer does not have one fixed shape.
+
+    Column-wise: one ``iter_unpack`` over the buffer, one transposition, then each column is checked
+    (``count``) and converted (``map`` of a C-level constructor) as a whole, so no Python code runs
+    per value; only rows whose clocks need per-row care (deviation, unspecified hundredths mixed
+    with others) go through :func:`_clock` one by one.
+    """
     if len(raw) < 2 or raw[0] != _ARRAY:
         return None
     count, pos = decode_length(raw, 1)
@@ -143,30 +157,31 @@ def _fast(raw: bytes, clock_index: int) -> list[ProfileRow] | None:
         layout = _Layout(raw, pos, clock_index)
     except (LookupError, IndexError, struct.error):
         return None
-    size = layout.struct.size
-    if pos + count * size != len(raw):
+    if pos + count * layout.struct.size != len(raw):
         return None
-    unpack, check, expected, pick, converters = (
-        layout.struct.unpack_from,
-        layout.check,
-        layout.expected,
-        layout.pick,
-        layout.converters,
-    )
-    first_clock = layout.clock_fields
-    rows: list[ProfileRow] = []
-    append = rows.append
+    columns = list(zip(*layout.struct.iter_unpack(memoryview(raw)[pos:]), strict=True))
+    for field, expected in zip(layout.checked, layout.expected, strict=True):
+        if columns[field].count(expected) != count:
+            return None
     try:
-        for offset in range(pos, pos + count * size, size):
-            row = unpack(raw, offset)
-            if check(row) != expected:
-                return None
-            clock = _clock(row[first_clock : first_clock + 10])
-            picked = pick(row) if pick is not None else ()
-            append(ProfileRow(clock, tuple(map(call, converters, picked))))
+        clocks = _clocks(columns[layout.clock_fields : layout.clock_fields + 10], count)
     except (ValueError, OverflowError):
         return None  # a date-time the fast path cannot place: let the general path say why
-    return rows
+    values = [
+        column if convert is None else list(map(convert, column))
+        for column, convert in zip((columns[i] for i in layout.values), layout.converters, strict=True)
+    ]
+    rows = zip(clocks, zip(*values, strict=True) if values else repeat((), count), strict=True)
+    return list(map(_new_tuple, repeat(ProfileRow, count), rows))
+
+
+def _clocks(fields: list[tuple[int, ...]], count: int) -> list[datetime]:
+    """The clock column as UTC datetimes, from the date-time fields one column each."""
+    year, month, day, _, hour, minute, second, hundredths, deviation, _ = fields
+    plain_deviation = deviation.count(0) + deviation.count(_NOT_SPECIFIED_DEVIATION) == count
+    if plain_deviation and hundredths.count(0) == count:
+        return list(map(datetime, year, month, day, hour, minute, second, repeat(0, count), repeat(UTC, count)))
+    return [_clock(row) for row in zip(*fields, strict=True)]
 
 
 def decode_profile_rows(buffer: Data | EncodedData, clock_index: int = 0) -> list[ProfileRow]:
