@@ -3,9 +3,9 @@
 Generates N synthetic interval values (daily reads of 96 intervals x 2 channels over many meters,
 with a few gaps, spikes and faulty clocks; see _ingest_data.py) and feeds them, batch by batch,
 through the MDM's ``Ingestor`` (VEE, then one storage transaction per batch) into a fresh SQLite
-file and/or PostgreSQL. ``--path bus`` (default) publishes the reads on the in-process bus to the
-ingest consumer, as the platform runs (VEE of the next batch overlaps the write of the previous
-one); ``--path sync`` calls ``Ingestor.ingest`` batch after batch. Without ``--url`` PostgreSQL is
+file and/or PostgreSQL. ``--path sync`` (default) calls ``Ingestor.ingest`` batch after batch;
+``--path bus`` publishes the reads on the in-process bus to the ingest consumer, as the platform
+runs (VEE of the next batch overlaps the write of the previous one). Without ``--url`` PostgreSQL is
 a private cluster started like the test suite's (tests/pg.py), durable (fsync on), and removed
 afterwards. Generation is not timed.
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--url", help="PostgreSQL URL to use instead of a private cluster (must be empty)")
     parser.add_argument("--meters", type=int, default=10_000, help="meters the values are spread over")
     parser.add_argument("--batch-values", type=int, default=100_000, help="values per ingest transaction")
-    parser.add_argument("--path", choices=("bus", "sync"), default="bus", help="through the bus, or direct calls")
+    parser.add_argument("--path", choices=("sync", "bus"), default="sync", help="through the bus, or direct calls")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     meters = max(1, min(args.meters, args.values // 192 or 1))
