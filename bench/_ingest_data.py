@@ -55,7 +55,10 @@ def _meters(ids: list[int], rng: random.Random) -> list[_Meter]:
 class Generator:
     """Yields reads day by day over ``meters`` meters (ids ``meter_ids``, else 1..meters) until ``values`` exist."""
 
-    def __init__(self, meters: int, seed: int = 1, meter_ids: list[int] | None = None) -> None:
+    def __init__(
+        self, meters: int, seed: int = 1, meter_ids: list[int] | None = None, *, registers: bool = True
+    ) -> None:
+        self.with_registers = registers
         self.rng = random.Random(seed)
         self.meters = _meters(meter_ids or list(range(1, meters + 1)), self.rng)
         self.noise = [self.rng.uniform(0.8, 1.2) for _ in range(4099)]
@@ -111,7 +114,7 @@ class Generator:
             import_wh=tuple(imp[k] for k in keep) if drop else tuple(imp),
             export_wh=tuple(exp[k] for k in keep) if drop else tuple(exp),
             status=tuple(status[k] for k in keep) if drop else tuple(status),
-            registers=registers,
+            registers=registers if self.with_registers else (),
         )
 
     def _registers(

@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--batch-values", type=int, default=100_000, help="values per ingest transaction")
     parser.add_argument("--path", choices=("sync", "bus"), default="sync", help="through the bus, or direct calls")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--no-registers", action="store_true", help="reads without register snapshots (to see what they cost)"
+    )
     args = parser.parse_args()
     meters = max(1, min(args.meters, args.values // 192 or 1))
     result: dict[str, object] = {
@@ -64,6 +67,7 @@ def main() -> None:
         "meters": meters,
         "batch_values": args.batch_values,
         "path": args.path,
+        "registers": not args.no_registers,
     }
     console = Console(stderr=True)
     result["vee_only_values_per_s"] = _vee_only(min(args.values, 1_000_000), meters, args.seed)
@@ -151,7 +155,7 @@ def _run(url: str, kind: str, args: argparse.Namespace, meters: int, progress: P
     engine = create_engine(url)
     ingestor = Ingestor(engine, VeeSettings(), batch_values=args.batch_values)
     task = progress.add_task(f"ingest {kind}", total=args.values, rate="")
-    reads = Generator(meters, args.seed, meter_ids=ids).reads(args.values)
+    reads = Generator(meters, args.seed, meter_ids=ids, registers=not args.no_registers).reads(args.values)
     chunk = max(1, args.batch_values // 192) * (10 if args.path == "bus" else 1)
 
     def tick(values: int, elapsed: float) -> None:
