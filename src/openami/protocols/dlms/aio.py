@@ -13,15 +13,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
+from openami.protocols.dlms.connection import NEED_DATA, NeedData
 from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTimeoutError
 
-__all__ = ["ClientStream", "ServerHooks", "SessionLike", "open_stream", "start_server"]
+__all__ = ["ClientStream", "SansIoClient", "ServerHooks", "SessionLike", "open_stream", "start_server"]
+
+_E = TypeVar("_E")
+_E_co = TypeVar("_E_co", covariant=True)
+
+
+class SansIoClient(Protocol[_E_co]):
+    """The sans-IO side of a client connection (``client_connection.ClientConnection``)."""
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def next_event(self) -> _E_co | NeedData: ...
+
+    def data_to_send(self) -> bytes: ...
 
 
 class ClientStream(asyncio.Protocol):
-    """A client TCP connection: ``write`` now, ``read`` what arrived (or wait until a deadline)."""
+    """A client TCP connection.
+
+    Two ways to use it: :meth:`exchange` (write a request, let a sans-IO connection consume what
+    arrives right in ``data_received`` and write its own follow-ups there, such as HLS pass 3 and
+    get-request-next, and wake the caller once with the event), or raw :meth:`write` and
+    :meth:`read` (whatever arrived, waiting until a deadline) for tests that speak bytes.
+    """
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -29,29 +49,95 @@ class ClientStream(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._connection: SansIoClient[object] | None = None
+        self._pending: asyncio.Future[object] | None = None
 
     # asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's TCP transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._wake()
+        connection = self._connection
+        if connection is None:
+            self._buffer += data
+            self._wake()
+            return
+        connection.receive_data(data)
+        if self._pending is not None:
+            self._advance(connection, self._pending)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._wake()
+        self._fail(ConnectionClosedError("the meter closed the connection"))
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _fail(self, error: Exception) -> None:
+        pending = self._pending
+        if pending is not None and not pending.done():
+            self._pending = None
+            pending.set_exception(error)
+
+    def _advance(self, connection: SansIoClient[object], pending: asyncio.Future[object]) -> None:
+        """Take events out of the connection: its follow-ups are written, its answer ends the exchange."""
+        try:
+            while True:
+                event = connection.next_event()
+                if event is not NEED_DATA:
+                    break
+                follow_up = connection.data_to_send()
+                if not follow_up:
+                    return
+                self.write(follow_up)
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller, which closes the connection
+            self._pending = None
+            if not pending.done():
+                pending.set_exception(exc)
+            return
+        self._pending = None
+        if not pending.done():
+            pending.set_result(event)
+
     # the client's side
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def exchange(self, connection: SansIoClient[_E], data: bytes, timeout_s: float) -> _E:
+        """Write ``data`` and return ``connection``'s next event, within ``timeout_s`` (follow-ups included).
+
+        Raises what the connection raises (a DlmsError), DlmsTimeoutError at the deadline and
+        ConnectionClosedError when the peer closed. One future and one timer per exchange.
+        """
+        if self._connection is not connection:
+            self._connection = connection
+            if self._buffer:
+                connection.receive_data(bytes(self._buffer))
+                self._buffer.clear()
+        self.write(data)
+        pending: asyncio.Future[object] = self._loop.create_future()
+        self._pending = pending
+        self._advance(connection, pending)
+        if not pending.done():
+            if self._closed:
+                self._fail(ConnectionClosedError("the meter closed the connection"))
+            else:
+                timer = self._loop.call_at(self._loop.time() + timeout_s, self._expire, pending)
+                try:
+                    await pending
+                finally:
+                    timer.cancel()
+                    if self._pending is pending:
+                        self._pending = None
+        return cast(_E, pending.result())
+
+    def _expire(self, pending: asyncio.Future[object]) -> None:
+        if self._pending is pending:
+            self._fail(DlmsTimeoutError("no answer from the meter within the timeout"))
 
     def deadline(self, timeout_s: float) -> float:
         """The loop time ``timeout_s`` from now (for :meth:`read`)."""
@@ -64,7 +150,7 @@ class ClientStream(asyncio.Protocol):
         self._transport.write(data)
 
     async def read(self, deadline: float) -> bytes:
-        """Whatever arrived, waiting until ``deadline`` (loop time) at most.
+        """Whatever arrived, waiting until ``deadline`` (loop time) at most (raw use, not with ``exchange``).
 
         Raises DlmsTimeoutError at the deadline, ConnectionClosedError when the peer closed.
         """
@@ -136,10 +222,9 @@ class _ServerConnection(asyncio.Protocol):
         self._not_before = 0.0  # delayed answers keep their order
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's TCP transports do not subclass it
         if self._hooks is not None and not self._hooks.accept_connection():
-            transport.close()
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport

@@ -56,7 +56,6 @@ from openami.protocols.dlms.client_connection import (
     Response,
     ResponseApdu,
 )
-from openami.protocols.dlms.connection import NEED_DATA
 from openami.protocols.dlms.cosem.profile import CaptureObject, parse_time
 from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import DlmsError, ProtocolStateError
@@ -316,22 +315,16 @@ class DlmsClient:
         return apdu
 
     async def _exchange(self, data: bytes) -> ClientEvent:
-        """Write ``data`` and return the next event, within the request timeout."""
+        """Write ``data`` and return the next event, within the request timeout.
+
+        The stream feeds the connection as bytes arrive and writes its follow-ups (HLS pass 3,
+        get-request-next) itself, so a block transfer wakes this coroutine once, at the end.
+        """
         stream = self._stream
         if stream is None or stream.closed:
             raise ConnectionClosedError("not connected to the meter")
-        connection = self._connection
-        deadline = stream.deadline(self.settings.timeout_s)
         try:
-            stream.write(data)
-            while True:
-                event = connection.next_event()
-                if event is not NEED_DATA:
-                    return event
-                follow_up = connection.data_to_send()
-                if follow_up:
-                    stream.write(follow_up)
-                connection.receive_data(await stream.read(deadline))
+            return await stream.exchange(self._connection, data, self.settings.timeout_s)
         except DlmsError:
             self._close_stream()  # after a timeout or a security failure the association is unusable
             raise
