@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from openami.sim.commissioning import commissioning_document, write_commissioning
 from openami.sim.fleet import Fleet, FleetConfig, SimMeter, build_fleet
-from openami.sim.serving import serve_meters_of
+from openami.sim.serving import run, serve_meters_of
 
 __all__ = ["FleetHandle", "run_fleet_in_process", "start_fleet_processes", "worker_main"]
 
@@ -237,7 +237,7 @@ def worker_main() -> None:
     _raise_open_files_limit()
     job = json.loads(sys.stdin.buffer.readline())
     try:
-        asyncio.run(_worker(job))
+        run(_worker(job))  # uvloop where installed
     except OSError as exc:  # typically: an address already in use
         sys.stderr.write(f"openami.sim.runner: {exc}\n")
         sys.exit(1)
