@@ -49,6 +49,20 @@ class ApiSettings(BaseModel):
     port: int = Field(default=8059, ge=0, le=65535)
 
 
+class IdentitySettings(BaseModel):
+    """Operator accounts, passwords, tokens and data minimisation (docs/security.md)."""
+
+    lockout_threshold: int = Field(default=5, ge=1, le=100)  # consecutive failed logins that lock an account
+    lockout_minutes: float = Field(default=15.0, gt=0.0, le=24 * 60)
+    # argon2id, RFC 9106 second recommended option (t=3, 64 MiB, p=4); lower values only for tests
+    argon2_time_cost: int = Field(default=3, ge=1, le=20)
+    argon2_memory_kib: int = Field(default=65_536, ge=1024, le=4 * 1024 * 1024)
+    argon2_parallelism: int = Field(default=4, ge=1, le=64)
+    min_password_length: int = Field(default=12, ge=8, le=256)
+    token_ttl_minutes: int = Field(default=8 * 60, ge=1, le=90 * 24 * 60)  # tokens issued at login
+    aggregate_min_group: int = Field(default=5, ge=2, le=1000)  # fewest meters an aggregate may sum (k)
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it where the program starts, never at import time."""
 
@@ -62,6 +76,7 @@ class Settings(BaseSettings):
     headend: HeadEndSettings = HeadEndSettings()
     collection: CollectionSettings = CollectionSettings()
     vee: VeeSettings = VeeSettings()
+    identity: IdentitySettings = IdentitySettings()
 
     @property
     def resolved_database_url(self) -> str:

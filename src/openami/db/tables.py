@@ -241,3 +241,88 @@ api_tokens = sa.Table(
     sa.Column("expires_at", UtcDateTime(), nullable=True),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
 )
+
+# --- identities and roles (security.identity, security.policy) ---
+# An account is a person (password login) or a system client (mutual TLS, no password). Roles are
+# assigned per account; ``area`` (a substation) scopes network operators, ``account_premises`` scopes
+# customers. A token issued for an account carries that account's roles as they are when it is used.
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),  # "user" | "client"
+    sa.Column("password_hash", sa.String(255), nullable=True),  # argon2id PHC string; NULL: no password login
+    sa.Column("enabled", sa.Boolean(), nullable=False, server_default=sa.true()),
+    sa.Column("failed_logins", sa.Integer(), nullable=False, server_default=sa.text("0")),  # consecutive
+    sa.Column("locked_until", UtcDateTime(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_login_at", UtcDateTime(), nullable=True),
+)
+
+account_roles = sa.Table(
+    "account_roles",
+    metadata,
+    sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), primary_key=True),
+    sa.Column("role", sa.String(32), primary_key=True),  # security.policy.Role
+    sa.Column("area", sa.String(32), sa.ForeignKey("substations.id"), nullable=True),
+    sa.Column("granted_at", UtcDateTime(), nullable=False),
+)
+
+account_premises = sa.Table(
+    "account_premises",
+    metadata,
+    sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), primary_key=True),
+    sa.Column("premise_id", sa.String(32), sa.ForeignKey("premises.id"), primary_key=True),
+)
+
+account_tokens = sa.Table(  # who owns an API token; a token without an owner grants nothing
+    "account_tokens",
+    metadata,
+    sa.Column("token_id", Id, sa.ForeignKey("api_tokens.id"), primary_key=True),
+    sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), nullable=False, index=True),
+)
+
+system_clients = sa.Table(  # certificates of system-to-system clients, mapped to an account
+    "system_clients",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), nullable=False, index=True),
+    sa.Column("subject_cn", sa.String(255), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),  # SHA-256 of the DER, lower-case hex
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+# --- PKI (security.pki) ---
+# Every certificate the utility CA issued (including the CA's own), by serial number (upper-case hex).
+# Private keys are never stored: they are handed to the requester once. ``pki_crls`` keeps every CRL
+# the CA signed; its ``number`` is the CRL number extension, strictly increasing.
+
+pki_certificates = sa.Table(
+    "pki_certificates",
+    metadata,
+    sa.Column("serial", sa.String(40), primary_key=True),  # up to 20 octets (RFC 5280 4.1.2.2), hex
+    sa.Column("profile", sa.String(32), nullable=False),  # security.pki.Profile
+    sa.Column("subject", sa.String(255), nullable=False),  # RFC 4514 string
+    sa.Column("common_name", sa.String(64), nullable=False),
+    sa.Column("not_before", UtcDateTime(), nullable=False),
+    sa.Column("not_after", UtcDateTime(), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),  # SHA-256 of the DER, lower-case hex
+    sa.Column("issued_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("revocation_reason", sa.String(32), nullable=True),  # security.pki.RevocationReason
+    sa.Index(None, "common_name"),
+)
+
+pki_crls = sa.Table(
+    "pki_crls",
+    metadata,
+    sa.Column("number", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("this_update", UtcDateTime(), nullable=False),
+    sa.Column("next_update", UtcDateTime(), nullable=False),
+    sa.Column("revoked_count", sa.Integer(), nullable=False),
+    sa.Column("der", sa.LargeBinary(), nullable=False),
+)
