@@ -326,3 +326,34 @@ pki_crls = sa.Table(
     sa.Column("revoked_count", sa.Integer(), nullable=False),
     sa.Column("der", sa.LargeBinary(), nullable=False),
 )
+
+# --- PKI (security.pki) ---
+# Every certificate the utility CA issued (including the CA's own), by serial number (upper-case hex).
+# Private keys are never stored: they are handed to the requester once. ``pki_crls`` keeps every CRL
+# the CA signed; its ``number`` is the CRL number extension, strictly increasing.
+
+pki_certificates = sa.Table(
+    "pki_certificates",
+    metadata,
+    sa.Column("serial", sa.String(40), primary_key=True),  # up to 20 octets (RFC 5280 4.1.2.2), hex
+    sa.Column("profile", sa.String(32), nullable=False),  # security.pki.Profile
+    sa.Column("subject", sa.String(255), nullable=False),  # RFC 4514 string
+    sa.Column("common_name", sa.String(64), nullable=False),
+    sa.Column("not_before", UtcDateTime(), nullable=False),
+    sa.Column("not_after", UtcDateTime(), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),  # SHA-256 of the DER, lower-case hex
+    sa.Column("issued_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("revocation_reason", sa.String(32), nullable=True),  # security.pki.RevocationReason
+    sa.Index(None, "common_name"),
+)
+
+pki_crls = sa.Table(
+    "pki_crls",
+    metadata,
+    sa.Column("number", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("this_update", UtcDateTime(), nullable=False),
+    sa.Column("next_update", UtcDateTime(), nullable=False),
+    sa.Column("revoked_count", sa.Integer(), nullable=False),
+    sa.Column("der", sa.LargeBinary(), nullable=False),
+)
