@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretBytes
+from pydantic import BaseModel, Field, SecretBytes, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +64,36 @@ class IdentitySettings(BaseModel):
     aggregate_min_group: int = Field(default=5, ge=2, le=1000)  # fewest meters an aggregate may sum (k)
 
 
+class BurstThreshold(BaseModel):
+    """A burst of security events: ``count`` events of one kind within ``window_s`` seconds, counted
+    per meter, per actor or over the whole fleet, opens one alert."""
+
+    count: int = Field(ge=1, le=100_000)
+    window_s: int = Field(ge=1, le=7 * 86_400)
+    per: Literal["meter", "actor", "fleet"] = "meter"
+
+
+def _default_bursts() -> dict[str, BurstThreshold]:
+    return {
+        "meter.bad-tag": BurstThreshold(count=3, window_s=3600, per="meter"),
+        "meter.hls-failed": BurstThreshold(count=3, window_s=3600, per="meter"),
+        "meter.replay": BurstThreshold(count=1, window_s=3600, per="meter"),
+        "api.login-failed": BurstThreshold(count=5, window_s=300, per="actor"),
+        "api.denied": BurstThreshold(count=10, window_s=300, per="actor"),
+        "api.lockout": BurstThreshold(count=1, window_s=3600, per="actor"),
+        "api.bad-certificate": BurstThreshold(count=5, window_s=300, per="fleet"),
+    }
+
+
+class AuditSettings(BaseModel):
+    """Audit log checkpoints and their signing key (ECDSA P-256 PEM), security-event burst thresholds."""
+
+    checkpoint_every: int = Field(default=1000, ge=1, le=1_000_000)
+    signing_key_file: Path | None = None  # default: data_dir / "audit-signing-key.pem", created 0600
+    signing_key: SecretStr | None = None  # PEM; takes precedence over the file
+    bursts: dict[str, BurstThreshold] = Field(default_factory=_default_bursts)
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it where the program starts, never at import time."""
 
@@ -76,6 +107,7 @@ class Settings(BaseSettings):
     headend: HeadEndSettings = HeadEndSettings()
     collection: CollectionSettings = CollectionSettings()
     vee: VeeSettings = VeeSettings()
+    audit: AuditSettings = AuditSettings()
     identity: IdentitySettings = IdentitySettings()
 
     @property

@@ -242,6 +242,88 @@ api_tokens = sa.Table(
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
 )
 
+# --- audit and security events (security.audit, security.events) ---------------------------------
+# The audit log is append-only and hash-chained (docs/security.md "Audit log"): ``at_us`` is epoch
+# microseconds UTC (exact on both databases and hashed as an integer), ``details`` the entry's
+# canonical JSON text, ``prev_hash``/``hash`` raw SHA-256 digests. ``audit_chain_head`` is one row
+# (id 1) holding the newest sequence number and hash: appenders update it first, which serialises
+# them (row lock on PostgreSQL, the write lock on SQLite) so the chain can never fork.
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", Id, primary_key=True, autoincrement=False),
+    sa.Column("at_us", Epoch(), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("resource", sa.String(128), nullable=True),
+    sa.Column("subject", sa.String(128), nullable=True),
+    sa.Column("purpose", sa.String(64), nullable=True),
+    sa.Column("details", sa.Text(), nullable=False),
+    sa.Column("prev_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.Index(None, "actor", "seq"),
+    sa.Index(None, "action", "seq"),
+    sa.Index(None, "resource", "seq"),
+    sa.Index(None, "subject", "seq"),
+    sa.Index(None, "at_us"),
+)
+
+audit_chain_head = sa.Table(
+    "audit_chain_head",
+    metadata,
+    sa.Column("id", sa.SmallInteger(), primary_key=True, autoincrement=False),  # always 1
+    sa.Column("seq", sa.BigInteger(), nullable=False),  # 0 before the first entry
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),  # 32 zero bytes before the first entry
+)
+
+audit_checkpoints = sa.Table(  # signed (seq, hash) of the chain, every N entries and on demand
+    "audit_checkpoints",
+    metadata,
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("signed_at_us", Epoch(), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),  # SHA-256 of the public key (SPKI DER), hex
+    sa.Column("signature", sa.LargeBinary(), nullable=False),  # ECDSA P-256 / SHA-256, DER
+)
+
+security_events = sa.Table(  # no FK to meters: an event must never be lost to an unknown meter id
+    "security_events",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False),
+    sa.Column("meter_id", MeterId(), nullable=True),
+    sa.Column("actor", sa.String(128), nullable=True),
+    sa.Column("details", sa.Text(), nullable=False),  # canonical JSON
+    sa.Column("audit_seq", sa.BigInteger(), nullable=False),  # the audit entry written with it
+    sa.Column("alert_id", Id, sa.ForeignKey("security_alerts.id"), nullable=True, index=True),
+    sa.Index(None, "kind", "occurred_at"),
+    sa.Index(None, "meter_id", "occurred_at"),
+    sa.Index(None, "actor", "occurred_at"),
+)
+
+security_alerts = sa.Table(  # one row per burst of security events above a threshold
+    "security_alerts",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("scope", sa.String(160), nullable=False),  # "meter:42", "actor:user:bob" or "fleet"
+    sa.Column("state", sa.String(16), nullable=False),  # "open", "acknowledged", "closed"
+    sa.Column("opened_at", UtcDateTime(), nullable=False),
+    sa.Column("last_event_at", UtcDateTime(), nullable=False),
+    sa.Column("event_count", sa.Integer(), nullable=False),
+    sa.Column("threshold", sa.Integer(), nullable=False),  # N events ...
+    sa.Column("window_s", sa.Integer(), nullable=False),  # ... within T seconds
+    sa.Column("acknowledged_by", sa.String(128), nullable=True),
+    sa.Column("acknowledged_at", UtcDateTime(), nullable=True),
+    sa.Column("closed_by", sa.String(128), nullable=True),
+    sa.Column("closed_at", UtcDateTime(), nullable=True),
+    sa.Index(None, "kind", "scope", "state"),
+    sa.Index(None, "state", "opened_at"),
+)
+
 # --- identities and roles (security.identity, security.policy) ---
 # An account is a person (password login) or a system client (mutual TLS, no password). Roles are
 # assigned per account; ``area`` (a substation) scopes network operators, ``account_premises`` scopes
@@ -294,37 +376,6 @@ system_clients = sa.Table(  # certificates of system-to-system clients, mapped t
     sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),  # SHA-256 of the DER, lower-case hex
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
-)
-
-# --- PKI (security.pki) ---
-# Every certificate the utility CA issued (including the CA's own), by serial number (upper-case hex).
-# Private keys are never stored: they are handed to the requester once. ``pki_crls`` keeps every CRL
-# the CA signed; its ``number`` is the CRL number extension, strictly increasing.
-
-pki_certificates = sa.Table(
-    "pki_certificates",
-    metadata,
-    sa.Column("serial", sa.String(40), primary_key=True),  # up to 20 octets (RFC 5280 4.1.2.2), hex
-    sa.Column("profile", sa.String(32), nullable=False),  # security.pki.Profile
-    sa.Column("subject", sa.String(255), nullable=False),  # RFC 4514 string
-    sa.Column("common_name", sa.String(64), nullable=False),
-    sa.Column("not_before", UtcDateTime(), nullable=False),
-    sa.Column("not_after", UtcDateTime(), nullable=False),
-    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),  # SHA-256 of the DER, lower-case hex
-    sa.Column("issued_at", UtcDateTime(), nullable=False),
-    sa.Column("revoked_at", UtcDateTime(), nullable=True),
-    sa.Column("revocation_reason", sa.String(32), nullable=True),  # security.pki.RevocationReason
-    sa.Index(None, "common_name"),
-)
-
-pki_crls = sa.Table(
-    "pki_crls",
-    metadata,
-    sa.Column("number", sa.BigInteger(), primary_key=True, autoincrement=False),
-    sa.Column("this_update", UtcDateTime(), nullable=False),
-    sa.Column("next_update", UtcDateTime(), nullable=False),
-    sa.Column("revoked_count", sa.Integer(), nullable=False),
-    sa.Column("der", sa.LargeBinary(), nullable=False),
 )
 
 # --- PKI (security.pki) ---

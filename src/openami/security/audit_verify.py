@@ -1,0 +1,204 @@
+"""Verification of the audit chain: every hash, every link, every signed checkpoint, the chain head.
+
+The chain is streamed in batches in sequence order and each entry's hash is recomputed from its
+stored previous hash and its canonical encoding (``audit_codec``). The first problem stops the walk
+and is reported with the sequence number of the first bad entry:
+
+- a missing sequence number: an entry was **deleted**;
+- an entry whose content does not match its hash: **edited** (or **moved**: sequence numbers are hashed);
+- an entry whose stored previous hash is not the hash of the entry before it: if it is the hash of
+  the entry two back, the entry in between was **inserted**; otherwise the entry before was replaced
+  by one with a recomputed hash;
+- the chain's hash at a signed checkpoint differs from the signed one: entries since the previous
+  good checkpoint were **rewritten** (the whole tail recomputed);
+- fewer entries than the newest signed checkpoint or the chain head records: **truncated**;
+  entries beyond the chain head: appended outside ``record``;
+- a checkpoint whose signature does not verify with the audit public key: forged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.engine import Connection
+
+from openami.db.tables import audit_chain_head, audit_checkpoints
+from openami.security.audit_codec import CANONICAL_ENCODER, FORMAT_VERSION, GENESIS_HASH, checkpoint_message
+from openami.security.audit_keys import key_id_of, verify_signature
+
+__all__ = ["VerifyResult", "verify"]
+
+BATCH = 20_000
+_ROWS = sa.text(
+    "SELECT seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev_hash, hash "
+    "FROM audit_log WHERE seq >= :start ORDER BY seq"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """Outcome of ``verify``: ``ok``, or the first bad sequence number and what is wrong with it."""
+
+    ok: bool
+    entries: int  # entries checked
+    last_seq: int  # newest sequence number checked and found good (0 if none)
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    checkpoints: int = 0  # signed checkpoints whose signature verified
+    last_checkpoint_seq: int | None = None
+    last_checkpoint_at: datetime | None = None
+
+
+class _Checkpoint(NamedTuple):
+    seq: int
+    hash: bytes
+    signed_at_us: int
+
+
+class _Problem(NamedTuple):
+    seq: int
+    text: str
+
+
+def verify(conn: Connection, *, public_key: ec.EllipticCurvePublicKey, from_seq: int | None = None) -> VerifyResult:
+    """Check the chain (from ``from_seq``, anchored at the newest good checkpoint before it) and its checkpoints."""
+    good, bad_signature = _load_checkpoints(conn, public_key)
+    start, anchor = 1, GENESIS_HASH
+    if from_seq is not None and from_seq > 1:
+        below = [cp for cp in good if cp.seq < from_seq]
+        if below:
+            start, anchor = below[-1].seq + 1, below[-1].hash
+    walk = _walk(conn, start, anchor, [cp for cp in good if cp.seq >= start])
+    problems = [p for p in (walk.problem, bad_signature) if p is not None]
+    if walk.problem is None:
+        problems += _tail_problems(conn, walk.last_seq, walk.last_hash, good)
+    last_cp = good[-1] if good else None
+    common = {
+        "entries": walk.entries,
+        "checkpoints": len(good),
+        "last_checkpoint_seq": last_cp.seq if last_cp else None,
+        "last_checkpoint_at": _from_us(last_cp.signed_at_us) if last_cp else None,
+    }
+    if not problems:
+        return VerifyResult(ok=True, last_seq=walk.last_seq, **common)  # type: ignore[arg-type]
+    first = min(problems, key=lambda p: p.seq)
+    return VerifyResult(
+        ok=False,
+        last_seq=min(walk.last_seq, first.seq - 1),
+        first_bad_seq=first.seq,
+        problem=first.text,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _load_checkpoints(
+    conn: Connection, public_key: ec.EllipticCurvePublicKey
+) -> tuple[list[_Checkpoint], _Problem | None]:
+    """Checkpoints whose signature verifies (by seq), and the first one that does not."""
+    cp = audit_checkpoints.c
+    rows = conn.execute(sa.select(cp.seq, cp.hash, cp.signed_at_us, cp.key_id, cp.signature).order_by(cp.seq))
+    key_id = key_id_of(public_key)
+    good: list[_Checkpoint] = []
+    for seq, digest, signed_at_us, row_key_id, signature in rows:
+        checkpoint = _Checkpoint(int(seq), bytes(digest), int(signed_at_us))
+        message = checkpoint_message(checkpoint.seq, checkpoint.hash, checkpoint.signed_at_us)
+        if row_key_id != key_id:
+            return good, _Problem(checkpoint.seq, f"checkpoint {seq} was signed by another key ({row_key_id[:16]})")
+        if not verify_signature(public_key, bytes(signature), message):
+            return good, _Problem(checkpoint.seq, f"checkpoint {seq} has an invalid signature (forged or altered)")
+        good.append(checkpoint)
+    return good, None
+
+
+class _Walk(NamedTuple):
+    entries: int
+    last_seq: int
+    last_hash: bytes
+    problem: _Problem | None
+
+
+def _walk(conn: Connection, start: int, anchor: bytes, checkpoints: list[_Checkpoint]) -> _Walk:
+    """Stream entries from ``start`` and recompute the chain; stops at the first bad entry."""
+    encode = CANONICAL_ENCODER.encode
+    sha256 = hashlib.sha256
+    version = FORMAT_VERSION
+    pending = iter(checkpoints)
+    next_cp = next(pending, None)
+    cp_seq = next_cp.seq if next_cp else -1
+    vouched = start - 1  # newest entry a signed checkpoint has confirmed
+    expected, running, before = start, anchor, b""
+    count = 0
+    result = conn.execution_options(yield_per=BATCH).execute(_ROWS, {"start": start})
+    try:
+        for batch in result.partitions():
+            for seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev, stored in batch:
+                canonical = encode([version, seq, at_us, actor, action, outcome, resource, subject, purpose, details])
+                digest = sha256(prev + canonical.encode()).digest()
+                if seq != expected or prev != running or digest != stored:
+                    problem = _diagnose(seq, expected, bytes(prev), running, before, digest == stored)
+                    return _Walk(count, expected - 1, running, problem)
+                if seq == cp_seq:
+                    if digest != next_cp.hash:  # type: ignore[union-attr]
+                        text = (
+                            f"entries {vouched + 1}..{seq} were rewritten: the chain at entry {seq} "
+                            "does not match its signed checkpoint"
+                        )
+                        return _Walk(count, expected - 1, running, _Problem(vouched + 1, text))
+                    vouched = seq
+                    next_cp = next(pending, None)
+                    cp_seq = next_cp.seq if next_cp else -1
+                before, running, expected = running, digest, seq + 1
+                count += 1
+    finally:
+        result.close()
+    return _Walk(count, expected - 1, running, None)
+
+
+def _diagnose(seq: int, expected: int, prev: bytes, running: bytes, before: bytes, self_consistent: bool) -> _Problem:
+    if seq != expected:
+        return _Problem(expected, f"entry {expected} is missing (deleted): the next stored entry is {seq}")
+    if prev == running:
+        return _Problem(seq, f"entry {seq} was edited: its content does not match its hash")
+    if before and prev == before:
+        return _Problem(seq - 1, f"entry {seq - 1} was inserted: entry {seq} was chained to entry {seq - 2}")
+    if self_consistent:
+        return _Problem(
+            seq - 1,
+            f"entry {seq - 1} was replaced (its hash recomputed) or entry {seq} was forged: "
+            f"entry {seq} does not chain to it",
+        )
+    return _Problem(seq, f"entry {seq} was edited or moved: neither its content nor its link to entry {seq - 1} match")
+
+
+def _tail_problems(conn: Connection, last_seq: int, last_hash: bytes, good: list[_Checkpoint]) -> list[_Problem]:
+    """Truncation (against the newest signed checkpoint and the chain head) and entries past the head."""
+    problems = []
+    if good and good[-1].seq > last_seq:
+        newest = good[-1].seq
+        text = f"entries {last_seq + 1}..{newest} are missing (truncated): checkpoint {newest} is signed"
+        problems.append(_Problem(last_seq + 1, text))
+    head = conn.execute(
+        sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(audit_chain_head.c.id == 1)
+    ).one_or_none()
+    if head is None:
+        problems.append(_Problem(last_seq + 1, "the chain head row is missing"))
+        return problems
+    head_seq, head_hash = int(head[0]), bytes(head[1])
+    if head_seq > last_seq:
+        text = f"entries {last_seq + 1}..{head_seq} are missing (truncated): the chain head records {head_seq}"
+        problems.append(_Problem(last_seq + 1, text))
+    elif head_seq < last_seq:
+        text = f"entry {head_seq + 1} lies beyond the chain head {head_seq}: appended outside the audit writer"
+        problems.append(_Problem(head_seq + 1, text))
+    elif last_seq and head_hash != last_hash:
+        problems.append(_Problem(last_seq, f"the chain head's hash does not match entry {last_seq}"))
+    return problems
+
+
+def _from_us(at_us: int) -> datetime:
+    return datetime.fromtimestamp(at_us // 1_000_000, UTC).replace(microsecond=at_us % 1_000_000)
