@@ -237,21 +237,24 @@ def _interval_columns(
     status: list[int] = []
     width = len(layout.columns) - 1
     previous_end, previous_import, previous_export = -1, 0.0, 0.0
-    for row in rows:
-        end = int(row.clock.timestamp())
-        if end <= previous_end:
-            continue
-        values = row.values
-        if len(values) != width:  # the cached layout no longer fits: the meter was reconfigured
-            raise MeterCommunicationError("load profile rows do not match its capture objects", step="profile")
-        imported = _number(values[imp]) * import_factor
-        exported = _number(values[exp]) * export_factor
-        if previous_end == end - INTERVAL_S and first_end <= end <= last_end:
-            ends.append(end)
-            imports.append(imported - previous_import)
-            exports.append(exported - previous_export)
-            status.append(0 if st is None else int(_number(values[st])))
-        previous_end, previous_import, previous_export = end, imported, exported
+    try:
+        for row in rows:
+            end = int(row.clock.timestamp())
+            if end <= previous_end:
+                continue
+            values = row.values
+            if len(values) != width:  # the cached layout no longer fits: the meter was reconfigured
+                raise MeterCommunicationError("load profile rows do not match its capture objects", step="profile")
+            imported = float(values[imp]) * import_factor  # type: ignore[arg-type]
+            exported = float(values[exp]) * export_factor  # type: ignore[arg-type]
+            if previous_end == end - INTERVAL_S and first_end <= end <= last_end:
+                ends.append(end)
+                imports.append(imported - previous_import)
+                exports.append(exported - previous_export)
+                status.append(0 if st is None else int(values[st]))  # type: ignore[arg-type]
+            previous_end, previous_import, previous_export = end, imported, exported
+    except (TypeError, ValueError):  # a column held something other than a number (bytes, a structure…)
+        raise MeterCommunicationError("load profile values are not numbers", step="profile") from None
     return tuple(ends), tuple(imports), tuple(exports), tuple(status)
 
 

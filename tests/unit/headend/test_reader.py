@@ -73,3 +73,9 @@ def test_rows_that_do_not_match_the_cached_layout_are_refused() -> None:
     rows = [_row(T0, 100, 0), _row(T0 + INTERVAL_S, 110, 0)]
     with pytest.raises(MeterCommunicationError, match="capture objects"):
         _interval_columns(rows, ProfileLayout.of(STANDARD), (0, 0), (T0, T0 + INTERVAL_S))
+
+
+def test_a_profile_column_that_is_not_a_number_is_a_clear_error() -> None:
+    rows = [_row(T0, 100, 0, 0), ProfileRow(datetime.fromtimestamp(T0 + INTERVAL_S, UTC), (b"x", 0, 0))]
+    with pytest.raises(MeterCommunicationError, match="not numbers"):
+        _interval_columns(rows, ProfileLayout.of(STANDARD), (0, 0), (T0, T0 + INTERVAL_S))
