@@ -14,6 +14,7 @@ from openami.protocols.dlms.cosem import (
     AssociationInfo,
     CaptureObject,
     CosemObject,
+    EncodedRows,
     ListProfileSource,
     LogicalDevice,
     ProfileGeneric,
@@ -217,3 +218,33 @@ def test_buffer_is_sent_encoded_and_pre_encoded_rows_pass_through() -> None:
     assert raw == axdr.encode(Array([Structure(row)]))
     _, columns = _get(device, 2, (2, _entries(1, 0, 2, 2)))
     assert columns == Array([Structure((7,))])
+
+
+def test_rows_encoded_in_one_go_are_sent_as_they_are_and_still_select_columns() -> None:
+    rows = [(_stamp(START + timedelta(minutes=15 * i)), DoubleLongUnsigned(7 + i), DoubleLongUnsigned(i), Unsigned(0))
+            for i in range(3)]  # fmt: skip
+
+    class Packed(ListProfileSource):
+        def entries(self, first: int, last: int) -> EncodedRows:
+            chosen = super().entries(first, last)
+            return EncodedRows(len(chosen), b"".join(axdr.encode(Structure(r)) for r in chosen))
+
+    source = Packed(4)
+    for row in rows:
+        source.capture(row)
+    assert list(source.entries(1, 3)) == [axdr.encode(Structure(r)) for r in rows]
+    profile = ProfileGeneric(
+        LOAD_PROFILE, capture_objects=[CLOCK_COLUMN, IMPORT_COLUMN, EXPORT_COLUMN], capture_period=900,
+        source=source, profile_entries=4,
+    )  # fmt: skip
+    device = LogicalDevice([profile])
+    _result, raw = device.get(View(device), 7, NAME, 2)
+    assert raw == axdr.encode(Array(Structure(r) for r in rows))
+    _, columns = _get(device, 2, (2, _entries(2, 0, 2, 2)))
+    assert columns == Array([Structure((8,)), Structure((9,))])
+
+
+def test_encoded_rows_must_be_rows_of_equal_size() -> None:
+    with pytest.raises(ValueError, match="equal size"):
+        EncodedRows(2, b"abc")
+    assert list(EncodedRows(0, b"")) == []

@@ -27,7 +27,7 @@ from openami.protocols.dlms.connection import EncodedData
 from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import DlmsError
 from openami.protocols.dlms.profile_rows import ProfileRow, decode_profile_rows
-from openami.sim.meter_profile import encode_row
+from openami.sim.meter_profile import encode_row, encode_rows
 
 START = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)
 NUMBERS = st.one_of(
@@ -81,6 +81,22 @@ def test_simulated_meter_rows_decode_to_cumulative_registers() -> None:
     assert rows[2] == ProfileRow(
         START + timedelta(minutes=30), (DoubleLongUnsigned(1002), DoubleLongUnsigned(7), Unsigned(0))
     )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    first=st.integers(0, 4000),
+    count=st.integers(0, 200),
+    imported=st.integers(0, 2**33),
+    step=st.integers(0, 2**20),
+)
+def test_simulated_rows_encoded_in_one_go_equal_row_by_row(first: int, count: int, imported: int, step: int) -> None:
+    ends = range(1767225600 + 900 * first, 1767225600 + 900 * (first + count), 900)
+    imports = [imported + step * i for i in range(count)]
+    exports = [step * i for i in range(count)]
+    packed = encode_rows(ends, imports, exports)
+    assert packed.data == b"".join(encode_row(end, i, e) for end, i, e in zip(ends, imports, exports, strict=True))
+    assert list(packed) == [encode_row(end, i, e) for end, i, e in zip(ends, imports, exports, strict=True)]
 
 
 def test_clock_in_another_column_and_date_time_type() -> None:

@@ -16,7 +16,14 @@ from openami.protocols.dlms.cosem.clock import Clock
 from openami.protocols.dlms.cosem.data import Data, Register
 from openami.protocols.dlms.cosem.device import LogicalDevice, Outcome
 from openami.protocols.dlms.cosem.disconnect import ControlState, DisconnectControl
-from openami.protocols.dlms.cosem.profile import CaptureObject, ListProfileSource, ProfileGeneric, ProfileSource, Row
+from openami.protocols.dlms.cosem.profile import (
+    CaptureObject,
+    EncodedRows,
+    ListProfileSource,
+    ProfileGeneric,
+    ProfileSource,
+    Row,
+)
 from openami.protocols.dlms.cosem.security_setup import SecuritySetup
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "CosemObject",
     "Data",
     "DisconnectControl",
+    "EncodedRows",
     "ListProfileSource",
     "LogicalDevice",
     "MethodAccess",

@@ -36,7 +36,16 @@ from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import DlmsError
 from openami.protocols.dlms.obis import Obis
 
-__all__ = ["CaptureObject", "ListProfileSource", "ProfileGeneric", "ProfileSource", "Row", "SortMethod", "parse_time"]
+__all__ = [
+    "CaptureObject",
+    "EncodedRows",
+    "ListProfileSource",
+    "ProfileGeneric",
+    "ProfileSource",
+    "Row",
+    "SortMethod",
+    "parse_time",
+]
 
 Row = Sequence[Value]
 """One capture: a value per capture object, in capture_objects order; or an ``EncodedData`` holding
@@ -89,6 +98,30 @@ class CaptureObject:
     @property
     def is_clock(self) -> bool:
         return self.class_id == CLOCK_CLASS_ID and self.attribute_index == CLOCK_TIME_ATTRIBUTE
+
+
+class EncodedRows:
+    """Rows a source has encoded back to back in one go, each an A-XDR structure of the same size.
+
+    Iterating gives one ``EncodedData`` per row; :class:`ProfileGeneric` sends ``data`` as it is when
+    no columns are selected (one copy for the whole buffer instead of one object per row).
+    """
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, count: int, data: bytes) -> None:
+        if count < 0 or (len(data) % count if count else len(data)):
+            raise ValueError("encoded rows must be `count` rows of equal size")
+        self.count = count
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[EncodedData]:
+        size = len(self.data) // self.count if self.count else 0
+        data = self.data
+        return (EncodedData(data[at : at + size]) for at in range(0, len(data), size or 1))
 
 
 class ProfileSource(Protocol):
@@ -209,6 +242,8 @@ class ProfileGeneric(CosemObject):
         else:
             count = self.source.entries_in_use()
             rows, columns = (self.source.entries(1, count) if count else ()), None
+        if columns is None and isinstance(rows, EncodedRows):
+            return EncodedData(b"\x01" + encode_length(rows.count) + rows.data)
         if columns is None:
             encoded = [row if isinstance(row, EncodedData) else encode(Structure(row)) for row in rows]
         else:
