@@ -1,0 +1,1 @@
+"""Audit chain, security events, keys and policy against both databases."""
