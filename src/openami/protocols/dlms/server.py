@@ -6,7 +6,8 @@ runs the association machine (``server_connection``) and maps GET/SET/ACTION ont
 device's objects with this client's access rights. It is also the *association view* the COSEM
 objects see (object list, partners, HLS). Bytes in, bytes out: ``receive_data(data) -> bytes``,
 and ``closed`` when the transport should hang up. A frame that breaks the wrapper (bad version,
-length beyond the limit) closes this connection only.
+length beyond the limit) closes this connection only. An AARQ arriving outside an association first
+makes keys transferred in an earlier association current (Security Setup ``global_key_transfer``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = [
     "read_only",
 ]
 
+_AARQ_TAG = b"\x60"
 _STATUS = {ServerState.IDLE: 0, ServerState.AWAITING_HLS: 1, ServerState.ASSOCIATED: 2}
 
 
@@ -108,6 +110,8 @@ class ServerSession:
             if connection is None:
                 self.closed = True
                 break
+            if frame.apdu[:1] == _AARQ_TAG and connection.state is not ServerState.ASSOCIATED:
+                self._start_association()
             answer = connection.receive_apdu(frame.apdu)
             if answer is not None:
                 out += encode_wrapper(frame.dest_wport, frame.source_wport, answer)
@@ -132,6 +136,11 @@ class ServerSession:
             random_bytes=self.config.random_bytes,
         )
         return self._connection
+
+    def _start_association(self) -> None:
+        """A new association starts: keys transferred during an earlier one take effect now."""
+        if self.config.security is not None:
+            self.config.security.activate_staged_keys()
 
     @property
     def state(self) -> ServerState:

@@ -82,6 +82,12 @@ class ServerSecurity:
     f(CtoS)); each client SAP has a replay guard holding the last counter accepted from it (-1:
     none yet), so a replayed frame is refused even in a later association. Keys are never shown by
     ``repr``.
+
+    Key transfer (Security Setup method 2; Green Book, key transfer): ``kek`` is the master key the new
+    keys come wrapped under; :meth:`stage_keys` holds them until :meth:`activate_staged_keys`, which
+    the server session calls when the NEXT association starts, so the association that carried the
+    transfer keeps answering with its own keys. A new GUEK starts a new invocation counter space:
+    the server's counter restarts at 0 and every client's replay guard is cleared.
     """
 
     def __init__(
@@ -92,16 +98,19 @@ class ServerSecurity:
         *,
         invocation_counter: int = 0,
         client_counters: Mapping[int, int] | None = None,
+        kek: bytes | None = None,
     ) -> None:
-        if len(system_title) != 8 or len(guek) != 16 or len(gak) != 16:
+        if len(system_title) != 8 or len(guek) != 16 or len(gak) != 16 or (kek is not None and len(kek) != 16):
             raise ValueError("Suite 0 needs an 8-byte system title and 16-byte keys")
         self.system_title = system_title
         self.guek = guek
         self.gak = gak
+        self.kek = kek
         self.invocation_counter = invocation_counter
         self._suite: Suite0 | None = None
         self._guards = {sap: ReplayGuard(last) for sap, last in (client_counters or {}).items()}
         """Client SAP -> replay guard; ``client_counters`` gives the last counter accepted from each."""
+        self._staged: dict[str, bytes] = {}
 
     @property
     def suite(self) -> Suite0:
@@ -127,6 +136,31 @@ class ServerSecurity:
     def expected_client_ic(self, client_sap: int) -> int:
         """The smallest invocation counter the server accepts next from that client."""
         return self.guard(client_sap).last_accepted + 1
+
+    @property
+    def has_staged_keys(self) -> bool:
+        return bool(self._staged)
+
+    def stage_keys(self, *, guek: bytes | None = None, gak: bytes | None = None, kek: bytes | None = None) -> None:
+        """Hold transferred keys (16 bytes each) for the next association; a later transfer replaces them."""
+        staged = {name: key for name, key in (("guek", guek), ("gak", gak), ("kek", kek)) if key is not None}
+        if any(len(key) != 16 for key in staged.values()):
+            raise ValueError("Suite 0 keys are 16 bytes")  # the length only, never the key
+        self._staged.update(staged)
+
+    def activate_staged_keys(self) -> bool:
+        """Make staged keys current (at the start of an association); True if any were staged."""
+        staged, self._staged = self._staged, {}
+        if not staged:
+            return False
+        if "guek" in staged and staged["guek"] != self.guek:
+            self.invocation_counter = 0  # a new key is a new counter space (Green Book: a counter belongs to its key)
+            self._guards.clear()
+        self.guek = staged.get("guek", self.guek)
+        self.gak = staged.get("gak", self.gak)
+        self.kek = staged.get("kek", self.kek)
+        self._suite = None
+        return True
 
     def __repr__(self) -> str:
         return f"ServerSecurity(system_title={self.system_title.hex()}, keys=***)"
