@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from openami.sim.fleet import FIRMWARE, MODEL, Fleet
+from openami.sim.fleet import FIRMWARE, MODEL, Fleet, SimMeter
 
 __all__ = [
     "FORMAT",
@@ -52,6 +52,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
 _TOP = frozenset({"format", "version", "generated_at", "seed", *_SECTIONS})
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+_KEY_SETS = ({"guek", "gak"}, {"guek", "gak", "kek"})  # kek (master key for key transfer) since issue 4
 
 
 def commissioning_document(fleet: Fleet, generated_at: datetime | None = None) -> dict[str, Any]:
@@ -82,11 +83,18 @@ def commissioning_document(fleet: Fleet, generated_at: datetime | None = None) -
                 "model": MODEL,
                 "firmware": FIRMWARE,
                 "service_point_id": m.service_point_id,
-                "keys": {"guek": m.guek.hex(), "gak": m.gak.hex()},
+                "keys": _keys_json(m),
             }
             for m in fleet.meters
         ],
     }
+
+
+def _keys_json(meter: SimMeter) -> dict[str, str]:
+    keys = {"guek": meter.guek.hex(), "gak": meter.gak.hex()}
+    if meter.kek is not None:
+        keys["kek"] = meter.kek.hex()
+    return keys
 
 
 def write_commissioning(path: str | os.PathLike[str], document: dict[str, Any]) -> Path:
@@ -159,7 +167,13 @@ def _check_meter(meter: dict[str, Any]) -> None:
         raise ValueError(f"meter {serial}: unknown kind or customer class")
     if not _HEX16.fullmatch(meter["system_title"]):
         raise ValueError(f"meter {serial}: system_title must be 16 lowercase hex digits")
-    if set(meter["keys"]) != {"guek", "gak"} or not all(_HEX32.fullmatch(k) for k in meter["keys"].values()):
-        raise ValueError(f"meter {serial}: keys must be guek and gak, 32 hex digits each")  # never echo the keys
+    keys = meter["keys"]
+    if (
+        not isinstance(keys, dict)
+        or set(keys) not in _KEY_SETS
+        or not all(isinstance(k, str) and _HEX32.fullmatch(k) for k in keys.values())
+    ):
+        # never echo the keys
+        raise ValueError(f"meter {serial}: keys must be guek, gak and optionally kek, 32 hex digits each")
     if not isinstance(meter["port"], int) or not 0 <= meter["port"] <= 65_535:
         raise ValueError(f"meter {serial}: invalid port")

@@ -4,7 +4,8 @@
 serials, addresses, system titles, load parameters, flaky meters and clock offsets, and (unless
 ``random_keys``) the same keys. Derived keys are HMAC-SHA256 of the seed and the serial: anyone who
 knows the seed knows the keys, which is what reproducible tests want and why they are for the
-simulator only. ``random_keys=True`` draws them from the OS CSPRNG instead; the commissioning file
+simulator only. Every meter also has a master key (KEK) that new keys are wrapped under when the
+platform rotates them. ``random_keys=True`` draws them from the OS CSPRNG instead; the commissioning file
 is then the only copy. Running the fleet is ``openami.sim.runner``'s job.
 """
 
@@ -99,6 +100,9 @@ class SimMeter:
     delay_s: float = 0.0
     drop_after: int = 0
     clock_offset_s: int = 0
+    kek: bytes | None = field(default=None, repr=False)
+    lose_key_transfer_answer: bool = False
+    """A fault for tests: the meter applies a key transfer, but its answer never arrives."""
 
     @property
     def customer_class(self) -> CustomerClass:
@@ -120,6 +124,8 @@ class SimMeter:
             "delay_s": self.delay_s,
             "drop_after": self.drop_after,
             "clock_offset_s": self.clock_offset_s,
+            "kek": None if self.kek is None else self.kek.hex(),
+            "lose_key_transfer_answer": self.lose_key_transfer_answer,
         }
 
     @classmethod
@@ -140,6 +146,8 @@ class SimMeter:
             delay_s=data["delay_s"],
             drop_after=data["drop_after"],
             clock_offset_s=data["clock_offset_s"],
+            kek=bytes.fromhex(data["kek"]) if data.get("kek") else None,
+            lose_key_transfer_answer=bool(data.get("lose_key_transfer_answer", False)),
         )
 
 
@@ -197,10 +205,12 @@ def _derive(seed: int, label: str, size: int) -> bytes:
     return hmac.digest(f"openami-sim/{seed}".encode(), label.encode(), "sha256")[:size]
 
 
-def _keys(config: FleetConfig, serial: str) -> tuple[bytes, bytes]:
+def _keys(config: FleetConfig, serial: str) -> tuple[bytes, bytes, bytes]:
+    """(GUEK, GAK, KEK) of one meter."""
     if config.random_keys:
-        return secrets.token_bytes(16), secrets.token_bytes(16)
-    return _derive(config.seed, f"{serial}/guek", 16), _derive(config.seed, f"{serial}/gak", 16)
+        return secrets.token_bytes(16), secrets.token_bytes(16), secrets.token_bytes(16)
+    seed = config.seed
+    return _derive(seed, f"{serial}/guek", 16), _derive(seed, f"{serial}/gak", 16), _derive(seed, f"{serial}/kek", 16)
 
 
 def _system_titles(config: FleetConfig) -> list[bytes]:
@@ -252,7 +262,7 @@ def build_fleet(config: FleetConfig) -> Fleet:
     ):
         serial = f"OAM{i + 1:08d}"
         host, port = address_of(i, config)
-        guek, gak = _keys(config, serial)
+        guek, gak, kek = _keys(config, serial)
         meter_seed = int.from_bytes(_derive(config.seed, f"load/{i}", 8), "big")
         load = draw_params(meter_seed, customer_class, weather_seed=config.seed, utc_offset_s=config.utc_offset_s)
         fault, delay_s, drop_after = faults.get(i, (None, 0.0, 0))
@@ -271,6 +281,7 @@ def build_fleet(config: FleetConfig) -> Fleet:
                 delay_s=delay_s if fault is FaultKind.SLOW else 0.0,
                 drop_after=drop_after if fault is FaultKind.DROP else 0,
                 clock_offset_s=drifts.get(i, 0),
+                kek=kek,
             )
         )
     return Fleet(config, topology, tuple(meters))

@@ -3,7 +3,8 @@
 Objects (IDIS/DSMR conventions): clock 0.0.1.0.0.255 (optionally drifting), serial
 0.0.96.1.0.255, active energy import 1.0.1.8.0.255 and export 1.0.2.8.0.255 (Wh, scaler 0, unit
 30), the 15-minute load profile 1.0.99.1.0.255 (clock, import, export, status), disconnect control
-0.0.96.3.10.255, security setup 0.0.43.0.0.255, the current association 0.0.40.0.0.255 and the
+0.0.96.3.10.255, security setup 0.0.43.0.0.255 (global_key_transfer under the meter's master key,
+when it has one), the current association 0.0.40.0.0.255 and the
 management client's next invocation counter 0.0.43.1.1.255. Management client SAP 1 needs HLS-GMAC
 and Suite 0 ciphering; public client SAP 16 may read the clock and the object list only.
 
@@ -62,10 +63,14 @@ class MeterConfig:
     max_pdu_size: int = 1024
     invocation_counter: int = 0
     """The meter's own next invocation counter (for its ciphered answers)."""
+    kek: bytes | None = field(default=None, repr=False)
+    """The master key new keys are wrapped under (key transfer); None: the meter refuses key transfers."""
 
     def __post_init__(self) -> None:
         if len(self.system_title) != 8 or len(self.guek) != 16 or len(self.gak) != 16:
             raise ValueError("a meter needs an 8-byte system title and 16-byte keys")
+        if self.kek is not None and len(self.kek) != 16:
+            raise ValueError("a meter's master key is 16 bytes")
         if not 1 <= self.profile_days <= 3660:
             raise ValueError("profile_days must be 1-3660")
 
@@ -76,6 +81,8 @@ class MeterFaults:
 
     ``offline`` closes new connections at once; ``silent`` swallows every request; otherwise each
     answer is delayed ``latency_s`` plus up to ``jitter_s`` and dropped with ``drop_probability``.
+    ``lose_key_transfer_answer``: the meter applies a key transfer but its answer is lost (the
+    head-end cannot tell whether the new keys took).
     """
 
     latency_s: float = 0.0
@@ -83,12 +90,17 @@ class MeterFaults:
     drop_probability: float = 0.0
     silent: bool = False
     offline: bool = False
+    lose_key_transfer_answer: bool = False
+    drop_next_answer: bool = False
     rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)  # noqa: S311 - simulation, not crypto
 
     def accept_connection(self) -> bool:
         return not self.offline
 
     def response_delay(self) -> float | None:
+        if self.drop_next_answer:
+            self.drop_next_answer = False
+            return None
         if self.silent or (self.drop_probability and self.rng.random() < self.drop_probability):
             return None
         return self.latency_s + (self.rng.random() * self.jitter_s if self.jitter_s else 0.0)
@@ -113,7 +125,7 @@ class SimulatedMeter:
             config.load or default_load(config.serial), commissioned, start_import=seed % 5_000_000
         )
         self.security = ServerSecurity(
-            config.system_title, config.guek, config.gak, invocation_counter=config.invocation_counter
+            config.system_title, config.guek, config.gak, invocation_counter=config.invocation_counter, kek=config.kek
         )
         self.disconnect = DisconnectControl(obis.DISCONNECT_CONTROL, control_mode=1)
         self.device = self._build_device(SimulatedProfile(self.energy, self.clock.time, entries), entries)
@@ -152,7 +164,7 @@ class SimulatedMeter:
                     profile_entries=entries,
                 ),
                 self.disconnect,
-                SecuritySetup(obis.SECURITY_SETUP, server_system_title=self.config.system_title),
+                SecuritySetup(obis.SECURITY_SETUP, server_system_title=self.config.system_title, keys=_KeyHolder(self)),
                 AssociationLN(obis.CURRENT_ASSOCIATION),
                 Data(
                     obis.INVOCATION_COUNTER,
@@ -167,6 +179,25 @@ class SimulatedMeter:
 
     def __repr__(self) -> str:
         return f"SimulatedMeter({self.config.serial!r})"
+
+
+class _KeyHolder:
+    """The meter's keys as its Security Setup object sees them; applies the key-transfer fault."""
+
+    __slots__ = ("_meter",)
+
+    def __init__(self, meter: SimulatedMeter) -> None:
+        self._meter = meter
+
+    @property
+    def kek(self) -> bytes | None:
+        return self._meter.security.kek
+
+    def stage_keys(self, *, guek: bytes | None = None, gak: bytes | None = None, kek: bytes | None = None) -> None:
+        self._meter.security.stage_keys(guek=guek, gak=gak, kek=kek)
+        faults = self._meter.faults
+        if faults.lose_key_transfer_answer:
+            faults.drop_next_answer = True  # the answer to this very request
 
 
 async def serve_meter(meter: SimulatedMeter, host: str = "127.0.0.1", port: int = 4059) -> asyncio.Server:

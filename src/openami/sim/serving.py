@@ -71,8 +71,10 @@ def build_meter(spec: SimMeter, *, days: int) -> tuple[SimulatedMeter, Callable[
             profile_days=days,
             clock_offset_s=float(spec.clock_offset_s),
             load=LoadModel(spec.load),
+            kek=spec.kek,
         )
     )
+    meter.faults.lose_key_transfer_answer = spec.lose_key_transfer_answer
     factory: Callable[[], SessionLike] = meter.session
     if spec.fault is FaultKind.SLOW:
         meter.faults.latency_s = spec.delay_s

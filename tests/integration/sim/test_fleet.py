@@ -79,7 +79,7 @@ def test_commissioning_file_matches_the_contract_and_is_0600(running: FleetHandl
         assert (entry["host"], entry["port"]) == (meter.host, meter.port)
         assert entry["port"] != 0  # the ports the workers actually bound
         assert entry["system_title"] == meter.system_title.hex()
-        assert entry["keys"] == {"guek": meter.guek.hex(), "gak": meter.gak.hex()}
+        assert entry["keys"] == {"guek": meter.guek.hex(), "gak": meter.gak.hex(), "kek": meter.kek.hex()}
     assert len({(m["host"], m["port"]) for m in document["meters"]}) == 20
 
 

@@ -106,7 +106,8 @@ def test_commissioning_file_is_the_contract_shape_and_0600(tmp_path: Path) -> No
         "serial": "OAM00000001", "kind": "electric", "customer_class": fleet.meters[0].customer_class.value,
         "host": "127.0.1.1", "port": 4059, "system_title": fleet.meters[0].system_title.hex(),
         "model": "openami-sim-e1", "firmware": "1.0.0", "service_point_id": "SP000001",
-        "keys": {"guek": fleet.meters[0].guek.hex(), "gak": fleet.meters[0].gak.hex()},
+        "keys": {"guek": fleet.meters[0].guek.hex(), "gak": fleet.meters[0].gak.hex(),
+                 "kek": fleet.meters[0].kek.hex()},
     }  # fmt: skip
     assert len(document["meters"]) == len(document["service_points"]) == len(document["premises"]) == 120
     assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary left behind
@@ -127,6 +128,8 @@ def test_rewriting_replaces_the_file_and_keeps_it_0600(tmp_path: Path) -> None:
         (("format",), "other", "not an openami-commissioning"),
         (("meters", 0, "system_title"), "XYZ", "system_title"),
         (("meters", 0, "keys", "guek"), "00", "keys must be"),
+        (("meters", 0, "keys", "kek"), "zz" * 16, "keys must be"),
+        (("meters", 0, "keys", "broadcast"), "00" * 16, "keys must be"),
         (("meters", 0, "service_point_id"), "SP-nowhere", "unknown service_points"),
         (("feeders", 0, "substation_id"), "SS-nowhere", "unknown substations"),
         (("transformers", 0, "extra"), 1, "exactly the keys"),
@@ -143,3 +146,16 @@ def test_validation_names_the_problem_without_echoing_keys(path: tuple, value: o
     with pytest.raises(ValueError, match=message) as caught:
         validate_commissioning(broken)
     assert document["meters"][0]["keys"]["gak"] not in str(caught.value)
+
+
+def test_every_meter_has_its_own_master_key_and_files_without_one_stay_valid() -> None:
+    fleet = build_fleet(FleetConfig(meters=20, seed=3))
+    keks = {m.kek for m in fleet.meters}
+    assert len(keks) == 20
+    assert not keks & ({m.guek for m in fleet.meters} | {m.gak for m in fleet.meters})
+    assert build_fleet(FleetConfig(meters=20, seed=3)).meters[5].kek == fleet.meters[5].kek  # deterministic
+    assert "kek" not in repr(fleet.meters[0]) or fleet.meters[0].kek.hex() not in repr(fleet.meters[0])
+    document = commissioning_document(fleet)
+    for meter in document["meters"]:  # a file written before key transfer existed
+        del meter["keys"]["kek"]
+    validate_commissioning(document)
