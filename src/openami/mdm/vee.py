@@ -60,7 +60,7 @@ class MeterState(NamedTuple):
     """What VEE remembers about a meter between reads (the caller keeps it, e.g. in memory).
 
     ``typical_*``: a robust typical interval value (Wh), an exponentially weighted mean of the
-    medians of recent reads' nonzero values. ``*_register``: the latest interval-aligned register
+    medians of recent reads' nonzero values. ``*_register``: the latest register
     snapshot seen, ``(epoch s, Wh)``, to check the next read's intervals against.
     """
 
@@ -205,14 +205,14 @@ def _row_flags(ends: Sequence[int], status: Sequence[int], base: int, mask: int,
 
 
 def _register_points(msg: CollectedReadings) -> dict[int, list[tuple[int, float]]]:
-    """Interval-aligned register snapshots of the read, per channel, as ascending ``(epoch s, Wh)``."""
+    """Energy register snapshots of the read, per channel, as ascending ``(epoch s, Wh)``."""
     points: dict[int, list[tuple[int, float]]] = {}
     for snap in msg.registers:
         channel = _REGISTER_CHANNEL.get(snap.obis)
         factor = _UNIT_WH.get(snap.unit)
         at = int(snap.captured_at.timestamp())
-        if channel is None or factor is None or at % msg.interval_s:
-            continue  # another register, or one captured between interval ends: not comparable
+        if channel is None or factor is None:
+            continue  # another register, or a unit we cannot compare
         points.setdefault(channel, []).append((at, snap.value * factor))
     for series in points.values():
         series.sort()
@@ -238,13 +238,14 @@ def _channel(
     nonzero = sorted(filter(None, values))
     use, typical = _typical(nonzero, typical, s.typical_min_values)
     spike_at = max(s.spike_floor_wh, s.spike_multiple * use) if use is not None and use > 0 else math.inf
+    ceiling = min(spike_at, s.max_interval_wh)
     quality = _quality(values, nonzero, read, spike_at, s.max_interval_wh)
     estimates = _estimate(read, channel, values, quality) if read.missing else {}
     points = read.registers.get(channel, [])
     if register is not None and (not points or register[0] < points[0][0]):
         points = [register, *points]
     if len(points) > 1:
-        quality = _check_registers(read, values, quality, estimates, points)
+        quality = _check_registers(read, values, quality, estimates, points, ceiling)
     mid, received = read.msg.meter_id, read.received
     rows.extend(
         zip(
@@ -328,29 +329,51 @@ def _check_registers(
     quality: list[int] | None,
     estimates: dict[int, float],
     points: list[tuple[int, float]],
+    ceiling: float,
 ) -> list[int] | None:
     """Compare each register delta with the intervals between the two snapshots.
 
-    Only spans the read covers completely are judged. A span with estimates has them prorated to the
-    energy the registers testify to; a span of actual values only that misses by more than the
-    tolerance has every value flagged REGISTER_MISMATCH.
+    A snapshot taken between interval ends (the head-end reads the registers at read time) is
+    allowed the energy of the partial interval it includes: at most the first interval's value at
+    the start of a span, at most ``ceiling`` (the read's plausibility limit) pro rata at its end.
+    Only spans the read covers completely are judged. Estimates in a span are prorated to agree
+    with the registers; a span that cannot agree has every actual value flagged REGISTER_MISMATCH.
     """
-    tolerance = read.settings.register_tolerance_wh
-    interval_s = read.msg.interval_s
+    s = read.msg.interval_s
     for (t1, r1), (t2, r2) in pairwise(points):
-        lo, hi = bisect_right(read.ends, t1), bisect_right(read.ends, t2)
-        gaps = [t for t in estimates if t1 < t <= t2]
-        if t2 <= t1 or hi - lo + len(gaps) != (t2 - t1) // interval_s:
-            continue
-        actual = fsum(values[lo:hi])
-        rest = (r2 - r1) - actual
-        if gaps and rest >= -tolerance:
-            prorate(estimates, gaps, rest)
-            continue
-        if not gaps and abs(rest) <= tolerance:
+        f1, f2 = t1 - t1 % s, t2 - t2 % s
+        lo, hi = bisect_right(read.ends, f1), bisect_right(read.ends, f2)
+        gaps = [t for t in estimates if f1 < t <= f2]
+        if f2 <= f1 or hi - lo + len(gaps) != (f2 - f1) // s:
+            continue  # the read does not cover the span: nothing to judge
+        first = values[lo] if lo < hi and read.ends[lo] == f1 + s else estimates.get(f1 + s, 0.0)
+        slack = (max(0.0, first) if t1 != f1 else 0.0, (t2 - f2) / s * ceiling if t2 != f2 else 0.0)
+        rest = (r2 - r1) - fsum(values[lo:hi])
+        if _consistent(rest, slack, estimates, gaps, read.settings.register_tolerance_wh):
             continue
         if quality is None:
             quality = [read.base] * len(values)
         for i in range(lo, hi):
             quality[i] |= REGISTER_MISMATCH
     return quality
+
+
+def _consistent(
+    rest: float, slack: tuple[float, float], estimates: dict[int, float], gaps: list[int], tolerance: float
+) -> bool:
+    """Whether a span's register delta can agree with its intervals; prorates its estimates so they do.
+
+    ``rest`` (register delta minus the span's actual values) equals the estimates' total, plus the
+    energy between the last interval end and the second snapshot (0 to ``slack[1]``), minus the
+    energy of the first interval before the first snapshot (0 to ``slack[0]``).
+    """
+    low, high = slack
+    if not gaps:
+        return -low - tolerance <= rest <= high + tolerance
+    total = fsum(estimates[t] for t in gaps)
+    target = min(max(total, rest - high), rest + low)
+    if target < -tolerance:
+        return False
+    if target != total:
+        prorate(estimates, gaps, target)
+    return True

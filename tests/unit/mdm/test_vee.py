@@ -304,9 +304,35 @@ def test_register_delta_is_not_judged_when_the_read_does_not_cover_the_span() ->
     assert validate(make_read(flat(4, 100.0), registers=regs), SETTINGS, state).counts.flagged == 0
 
 
-def test_register_snapshot_between_interval_ends_is_ignored() -> None:
-    regs = (register(Channel.ACTIVE_IMPORT, MONDAY, 0.0), register(Channel.ACTIVE_IMPORT, MONDAY + 4 * S + 7, 9e6))
-    assert validate(make_read(flat(4), registers=regs), SETTINGS).counts.flagged == 0
+@pytest.mark.parametrize(
+    ("register_at_read", "flagged"),
+    [
+        (1000.0 + 400.0, 0),  # partial intervals cancel out
+        (1000.0 + 400.0 - 100.0, 0),  # all of the first interval was before the previous read
+        (1000.0 + 400.0 + 120 / 900 * 1000.0, 0),  # the partial interval at read time at the ceiling
+        (1000.0 + 400.0 - 100.0 - 11.0, 4),  # beyond tolerance (10 Wh) below
+        (1000.0 + 400.0 + 134.0 + 11.0, 4),  # beyond tolerance above
+    ],
+)
+def test_registers_read_between_interval_ends_allow_for_the_partial_intervals(
+    register_at_read: float, flagged: int
+) -> None:
+    """The head-end reads registers at read time: a snapshot includes part of an interval not in the profile."""
+    state = MeterState(typical_import=100.0, import_register=(MONDAY + 60, 1000.0))  # ceiling 1000 Wh
+    regs = (register(Channel.ACTIVE_IMPORT, MONDAY + 4 * S + 120, register_at_read),)
+    result = validate(make_read(flat(4, 100.0), registers=regs), SETTINGS, state)
+    assert result.counts.flagged == flagged
+    assert result.state.import_register == (MONDAY + 4 * S + 120, register_at_read)
+
+
+def test_estimates_between_read_time_registers_are_kept_within_what_the_registers_allow() -> None:
+    state = MeterState(typical_import=100.0, import_register=(MONDAY + 60, 1000.0))
+    regs = (register(Channel.ACTIVE_IMPORT, MONDAY + 4 * S + 120, 1000.0 + 900.0),)  # 700 Wh more than actuals
+    result = validate(make_read(flat(4, 100.0), drop={1, 2}, registers=regs), SETTINGS, state)
+    rows = channel_rows(result.rows)
+    estimated = rows[MONDAY + 2 * S][3] + rows[MONDAY + 3 * S][3]
+    assert 700.0 - 120 / 900 * 1000.0 - 1e-6 <= estimated <= 700.0 + 100.0 + 1e-6
+    assert result.counts.flagged == 0
 
 
 def test_estimates_are_prorated_to_the_register_delta() -> None:
