@@ -57,6 +57,11 @@ def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
+def _sys_s() -> float:
+    """CPU time this process spent in the kernel (loopback TCP, mostly), seconds."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -71,9 +76,13 @@ def _server_process(meters: int, pdu: int, ports: Any, stop: EventType, report: 
 async def _serve(meters: int, pdu: int, ports: Any, stop: EventType, report: Any) -> None:
     servers = await serve_meters((_meter(i, pdu), "127.0.0.1", 0) for i in range(meters))
     ports.put([server.sockets[0].getsockname()[1] for server in servers])
-    cpu_before = time.process_time()
+    cpu_before, sys_before = time.process_time(), _sys_s()
     await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-    report.put({"server_cpu_s": time.process_time() - cpu_before, "server_rss_mb": _peak_rss_mb()})
+    report.put({
+        "server_cpu_s": time.process_time() - cpu_before,
+        "server_sys_s": _sys_s() - sys_before,
+        "server_rss_mb": _peak_rss_mb(),
+    })  # fmt: skip
     await close_servers(servers)
 
 
@@ -90,7 +99,7 @@ async def _run_clients(ports: list[int], sessions: int, pdu: int, go: EventType)
     durations: list[float] = []
     errors: list[str] = []
     started = time.monotonic()
-    cpu_before = time.process_time()
+    cpu_before, sys_before = time.process_time(), _sys_s()
     await asyncio.gather(*(_sessions_on(port, pdu, remaining, durations, errors) for port in ports))
     return {
         "started": started,
@@ -99,6 +108,7 @@ async def _run_clients(ports: list[int], sessions: int, pdu: int, go: EventType)
         "errors": errors[:5],
         "error_count": len(errors),
         "client_cpu_s": time.process_time() - cpu_before,
+        "client_sys_s": _sys_s() - sys_before,
         "client_rss_mb": _peak_rss_mb(),
     }
 
@@ -209,6 +219,10 @@ def _summary(args: argparse.Namespace, outcomes: list[dict[str, Any]], server: d
         "session_p99_s": round(quantiles[98], 5),
         "server_cpu_ms_per_session": round(1000 * server["server_cpu_s"] / max(1, len(durations)), 3),
         "client_cpu_ms_per_session": round(1000 * sum(o["client_cpu_s"] for o in outcomes) / max(1, len(durations)), 3),
+        "server_kernel_ms_per_session": round(1000 * server["server_sys_s"] / max(1, len(durations)), 3),
+        "client_kernel_ms_per_session": round(
+            1000 * sum(o["client_sys_s"] for o in outcomes) / max(1, len(durations)), 3
+        ),
         "profile_decode_rows_per_s": round(_profile_decode_rows_per_s()),
         "peak_rss_mb": round(max(server["server_rss_mb"], *(o["client_rss_mb"] for o in outcomes)), 1),
     }
