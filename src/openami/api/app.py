@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from openami import __version__
 from openami.api import problems
-from openami.api.routers import collection, meters, public
+from openami.api.routers import collection, meters, public, security
 from openami.services.context import Platform
 
 
@@ -21,4 +21,5 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(public.router)
     app.include_router(meters.router)
     app.include_router(collection.router)
+    app.include_router(security.router)
     return app
