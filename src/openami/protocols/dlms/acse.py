@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Self
+from typing import Self, cast
 
 from openami.protocols.dlms.ber import BerReader, decode_integer, encode_integer, tlv
 from openami.protocols.dlms.errors import DecodeError, EncodeError
@@ -153,11 +153,8 @@ def _arc(value: int) -> bytes:
 
 
 def _known(enum: type[IntEnum], value: int) -> int:
-    """The enum member for a known value (readable reprs), else the plain int."""
-    try:
-        return enum(value)
-    except ValueError:
-        return value
+    """The enum member for a known value (readable reprs), else the plain int (a lookup, not a call)."""
+    return cast(int, enum._value2member_map_.get(value, value))
 
 
 def _read_context_name(reader: BerReader, start: int, stop: int) -> int:

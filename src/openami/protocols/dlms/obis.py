@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Self
+from functools import lru_cache
+from typing import Self, cast
 
 from openami.protocols.dlms.errors import DecodeError, EncodeError
 
@@ -60,6 +61,8 @@ class Obis:
         """Build from the 6-byte logical-name octet-string; raises DecodeError for another length."""
         if len(data) != 6:
             raise DecodeError(f"logical name of {len(data)} bytes", offset=0, expected="6 bytes")
+        if cls is Obis:
+            return cast(Self, _from_bytes(bytes(data)))
         a, b, c, d, e, f = bytes(data)
         return cls(a, b, c, d, e, f)
 
@@ -72,6 +75,13 @@ class Obis:
 
     def __str__(self) -> str:
         return f"{self.a}.{self.b}.{self.c}.{self.d}.{self.e}.{self.f}"
+
+
+@lru_cache(maxsize=4096)
+def _from_bytes(data: bytes) -> Obis:
+    """Logical names repeat in every request: build each one once (``Obis`` is immutable)."""
+    a, b, c, d, e, f = data
+    return Obis(a, b, c, d, e, f)
 
 
 CLOCK = Obis(0, 0, 1, 0, 0, 255)

@@ -58,18 +58,25 @@ def _fixed(cls: type[int] | type[float]) -> Callable[[Any], Data]:
     return partial(base.__new__, cls)
 
 
+def _table(cls: type[int], signed: bool = False) -> Callable[[Any], Data]:
+    """One-byte types come from a prebuilt table (a lookup, no object built): ``table[value]``."""
+    values = range(-128, 128) if signed else range(256)
+    table = dict(zip(values, map(partial(int.__new__, cls), values), strict=True))
+    return table.__getitem__
+
+
 # tag -> (struct code, converter from the unpacked number to the typed value)
 _FIXED: dict[int, tuple[str, Callable[[Any], Data]]] = {
     3: ("B", bool),
     5: ("i", _fixed(DoubleLong)),
     6: ("I", _fixed(DoubleLongUnsigned)),
-    15: ("b", _fixed(Integer)),
+    15: ("b", _table(Integer, signed=True)),
     16: ("h", _fixed(Long)),
-    17: ("B", _fixed(Unsigned)),
+    17: ("B", _table(Unsigned)),
     18: ("H", _fixed(LongUnsigned)),
     20: ("q", _fixed(Long64)),
     21: ("Q", _fixed(Long64Unsigned)),
-    22: ("B", _fixed(Enum)),
+    22: ("B", _table(Enum)),
     23: ("f", _fixed(Float32)),
     24: ("d", _fixed(Float64)),
 }

@@ -73,8 +73,13 @@ class WrapperFrame:
 
 
 def encode_wrapper(source_wport: int, dest_wport: int, apdu: bytes) -> bytes:
-    """Frame ``apdu`` for TCP with wrapper version 1; EncodeError when it exceeds 65535 bytes."""
-    return WrapperHeader(source_wport, dest_wport, len(apdu)).to_bytes() + apdu
+    """Frame ``apdu`` for TCP with wrapper version 1; EncodeError when it exceeds 65535 bytes.
+
+    Header and APDU come back as one ``bytes`` so that the transport sends each frame in one write.
+    """
+    if 0 <= source_wport <= 0xFFFF and 0 <= dest_wport <= 0xFFFF and len(apdu) <= 0xFFFF:
+        return _HEADER.pack(WRAPPER_VERSION, source_wport, dest_wport, len(apdu)) + apdu
+    return WrapperHeader(source_wport, dest_wport, len(apdu)).to_bytes() + apdu  # raises the EncodeError
 
 
 class Frame(Protocol):
