@@ -50,6 +50,25 @@ class ApiSettings(BaseModel):
     port: int = Field(default=8059, ge=0, le=65535)
 
 
+class TlsSettings(BaseModel):
+    """HTTPS and mutual TLS for the API (docs/security.md, "PKI and TLS").
+
+    ``mode``: ``auto`` serves HTTPS unless the API listens on a loopback address; ``https`` always;
+    ``http`` never, which is refused on any non-loopback address. Without ``cert_file``/``key_file`` the
+    server certificate is issued by the utility CA on first run (for ``api.host`` and ``server_names``).
+    ``client_auth``: whether clients are asked for a certificate of the utility CA (mutual TLS);
+    ``optional`` lets bearer-token clients in too.
+    """
+
+    mode: Literal["auto", "https", "http"] = "auto"
+    client_auth: Literal["none", "optional", "required"] = "optional"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_names: list[str] = Field(default_factory=list)  # extra DNS names / IP addresses (SANs)
+    ca_dir: Path | None = None  # default: data_dir / "pki"
+    handshake_timeout_s: float = Field(default=10.0, gt=0.0, le=120.0)
+
+
 class IdentitySettings(BaseModel):
     """Operator accounts, passwords, tokens and data minimisation (docs/security.md)."""
 
@@ -104,6 +123,7 @@ class Settings(BaseSettings):
     master_key_file: Path | None = None
     master_key: SecretBytes | None = None
     api: ApiSettings = ApiSettings()
+    tls: TlsSettings = TlsSettings()
     headend: HeadEndSettings = HeadEndSettings()
     collection: CollectionSettings = CollectionSettings()
     vee: VeeSettings = VeeSettings()
