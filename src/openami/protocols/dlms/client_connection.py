@@ -452,7 +452,7 @@ class ClientConnection:
 
     def _decipher(self, data: bytes) -> bytes:
         _, suite = self._secrets()
-        return suite.decipher(data, system_title=self._server_title, replay_guard=self._server_guard).plaintext
+        return suite.plaintext(data, system_title=self._server_title, replay_guard=self._server_guard)
 
     def _open(self, raw: bytes) -> Apdu:
         """Decode a response (see ``_plaintext``)."""

@@ -300,7 +300,16 @@ class Suite0:
         replay_guard: ReplayGuard | None = None,
     ) -> DecipheredApdu:
         """``decipher_apdu`` with this suite's keys."""
-        data = bytes(apdu)
+        return DecipheredApdu(*self._open_apdu(bytes(apdu), system_title, replay_guard))
+
+    def plaintext(self, apdu: bytes, *, system_title: bytes | None, replay_guard: ReplayGuard | None = None) -> bytes:
+        """``decipher`` when only the plaintext matters (the associations' hot path): same checks."""
+        return self._open_apdu(bytes(apdu), system_title, replay_guard)[2]
+
+    def _open_apdu(
+        self, data: bytes, system_title: bytes | None, replay_guard: ReplayGuard | None
+    ) -> tuple[int, int, bytes, int, bytes]:
+        """(SC, IC, plaintext, ciphered tag, sender title) of a verified APDU; see ``decipher_apdu``."""
         if not data:
             raise DecodeError("empty ciphered APDU", offset=0, expected="a ciphered APDU tag")
         tag = data[0]
@@ -340,7 +349,7 @@ class Suite0:
         plaintext = self._unprotect(data[pos + 5 :], security_control, sender_title + ic)
         if replay_guard is not None:
             replay_guard.check_and_advance(invocation_counter)
-        return DecipheredApdu(security_control, invocation_counter, plaintext, tag, sender_title)
+        return security_control, invocation_counter, plaintext, tag, sender_title
 
     def hls_gmac(
         self, *, system_title: bytes, invocation_counter: int, challenge: bytes, security_control: int = 0x10

@@ -470,7 +470,7 @@ class ServerConnection:
         security = self.security
         assert security is not None
         guard = security.guard(self.policy.client_sap)
-        return security.suite.decipher(apdu, system_title=sender, replay_guard=guard).plaintext
+        return security.suite.plaintext(apdu, system_title=sender, replay_guard=guard)
 
     def _cipher(self, plain: bytes) -> bytes:
         """Glo-cipher an answer (general-glo when the request was); exception-responses stay plain."""

@@ -218,6 +218,12 @@ def test_cached_suite_gives_the_module_functions_bytes_and_refuses_the_same_tamp
         suite.decipher(bytes(tampered), system_title=CLIENT_TITLE)
     with pytest.raises(ReplayError):
         suite.decipher(_cipher(), system_title=CLIENT_TITLE, replay_guard=guard)
+    with pytest.raises(ReplayError):
+        suite.plaintext(_cipher(), system_title=CLIENT_TITLE, replay_guard=guard)
+    with pytest.raises(AuthenticationTagError):
+        suite.plaintext(bytes(tampered), system_title=CLIENT_TITLE)
+    assert suite.plaintext(_cipher(ic=2), system_title=CLIENT_TITLE, replay_guard=guard) == GET_CLOCK
+    assert guard.last_accepted == 2
     f_stoc = suite.hls_gmac(system_title=CLIENT_TITLE, invocation_counter=4, challenge=b"StoC-challenge!!")
     assert f_stoc == hls_gmac(
         system_title=CLIENT_TITLE, invocation_counter=4, ek=EK, ak=AK, challenge=b"StoC-challenge!!"
