@@ -25,7 +25,15 @@ from openami.db import readings as readings_repo
 from openami.domain.messages import CollectedReadings
 from openami.errors import AssociationRejected, AuthenticationFailed, MeterCommunicationError, NotFound
 from openami.headend.counters import CounterStore
-from openami.headend.reader import INTERVAL_S, MeterTarget, ProfileLayout, SessionCounters, read_meter
+from openami.headend.reader import (
+    INTERVAL_S,
+    MeterSecurityFailure,
+    MeterTarget,
+    ProfileLayout,
+    SessionCounters,
+    read_meter,
+)
+from openami.security import events as security_events
 from openami.settings import CollectionSettings
 
 _log = structlog.get_logger("openami.headend")
@@ -185,9 +193,13 @@ class Collector:
         return float(base * (0.5 + random.random()))  # noqa: S311 - jitter, not security
 
     def _record_error(self, meter_id: int, exc: MeterCommunicationError, run_id: int | None) -> None:
+        """A communication-error record; a meter-side security failure is also a security event (same transaction)."""
         _log.warning("headend.read.failed", meter_id=meter_id, step=exc.step, error=exc.code)
+        now = self._now()
         with self._engine.begin() as conn:
-            comm_errors.record_comm_error(conn, meter_id, exc.step, exc.message, occurred_at=self._now(), run_id=run_id)
+            comm_errors.record_comm_error(conn, meter_id, exc.step, exc.message, occurred_at=now, run_id=run_id)
+            if isinstance(exc, MeterSecurityFailure):
+                security_events.raise_event(conn, exc.kind, now=now, meter_id=meter_id, details={"step": exc.step})
 
     async def _read_once(
         self, meter_id: int, since: int, counters: tuple[int, int | None] | None = None

@@ -38,6 +38,15 @@ from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTim
 INTERVAL_S = 900
 
 
+class MeterSecurityFailure(AuthenticationFailed):
+    """An authentication failure that is also a security event: ``kind`` is ``meter.bad-tag``,
+    ``meter.hls-failed`` or ``meter.replay`` (the collector raises it as such, see security.events)."""
+
+    def __init__(self, message: str, *, step: str, kind: str) -> None:
+        super().__init__(message, step=step)
+        self.kind = kind
+
+
 @dataclass(frozen=True, slots=True)
 class MeterTarget:
     """Everything needed to reach and authenticate one meter. Keys never appear in ``repr``."""
@@ -186,7 +195,9 @@ async def read_meter(  # noqa: PLR0913 - all keyword-only, each one needed
 
 def _check_identity(client: DlmsClient, target: MeterTarget) -> None:
     if client.server_system_title not in (None, target.system_title):
-        raise AuthenticationFailed(f"meter {target.serial} answered with an unexpected system title", step="identify")
+        raise MeterSecurityFailure(
+            f"meter {target.serial} answered with an unexpected system title", step="identify", kind="meter.hls-failed"
+        )
 
 
 _UNITS = {27: "W", 30: "Wh", 32: "varh", 33: "A", 35: "V"}
@@ -271,11 +282,14 @@ def _translate(exc: Exception, serial: str, step: str) -> MeterCommunicationErro
     if isinstance(exc, ConnectionClosedError | ConnectionError | OSError):
         return MeterUnreachable(f"meter {serial} unreachable during {step}: {type(exc).__name__}", step=step)
     if isinstance(exc, ReplayError):
-        return AuthenticationFailed(f"meter {serial} sent a replayed invocation counter during {step}", step=step)
+        message = f"meter {serial} sent a replayed invocation counter during {step}"
+        return MeterSecurityFailure(message, step=step, kind="meter.replay")
     if isinstance(exc, AuthenticationTagError | SecurityError):
-        return AuthenticationFailed(f"meter {serial} failed authentication during {step}", step=step)
+        message = f"meter {serial} failed authentication during {step}"
+        return MeterSecurityFailure(message, step=step, kind="meter.bad-tag")
     if isinstance(exc, HlsAuthenticationError) or (isinstance(exc, AssociationError) and exc.diagnostic == 13):
-        return AuthenticationFailed(f"meter {serial} failed authentication during {step}", step=step)
+        message = f"meter {serial} failed authentication during {step}"
+        return MeterSecurityFailure(message, step=step, kind="meter.hls-failed")
     if isinstance(exc, AssociationError):
         return AssociationRejected(f"meter {serial} rejected the association (diagnostic {exc.diagnostic})", step=step)
     if isinstance(exc, DlmsError):
