@@ -4,6 +4,14 @@
 ``server_ic_last`` the last one it accepted from the meter. Both only ever move forward: every
 update is a single statement whose SQL refuses to go backwards, whatever the caller passes and
 however many workers race.
+
+Counters per key version (the rule key rotation relies on): a meter's counter belongs to the key it
+protects, and a new key is a new counter space (the meter restarts its own counter at 0). So
+``server_ic_last`` belongs to the GUEK version in ``key_version``; :func:`switch_key_version` (called in
+the transaction that activates a new GUEK) is the only way it may go back, and only to a newer
+version; an ``advance`` for another key version leaves it alone, so a session that ran with the old
+keys and ends after a rotation cannot poison the new space. ``client_ic_next`` stays one space across
+versions: the head-end never reuses a counter, whatever the key.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from sqlalchemy.engine import Connection
 from openami.db.tables import UtcDateTime
 from openami.db.tables import invocation_counters as ic
 
-__all__ = ["Counters", "accept_server_ic", "advance", "get", "reserve_client_ics"]
+__all__ = ["Counters", "accept_server_ic", "advance", "get", "get_for_key", "reserve_client_ics", "switch_key_version"]
 
 _ADVANCE = sa.text("""
 INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at)
@@ -29,6 +37,37 @@ ON CONFLICT (meter_id) DO UPDATE SET
                           OR excluded.server_ic_last > invocation_counters.server_ic_last
                         THEN COALESCE(excluded.server_ic_last, invocation_counters.server_ic_last)
                         ELSE invocation_counters.server_ic_last END,
+  updated_at = excluded.updated_at
+""").bindparams(sa.bindparam("now", type_=UtcDateTime()))
+
+_ADVANCE_FOR_KEY = sa.text("""
+INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at, key_version)
+VALUES (:meter_id, COALESCE(:client, 0), :server, :now, :key_version)
+ON CONFLICT (meter_id) DO UPDATE SET
+  client_ic_next = CASE WHEN excluded.client_ic_next > invocation_counters.client_ic_next
+                        THEN excluded.client_ic_next ELSE invocation_counters.client_ic_next END,
+  server_ic_last = CASE WHEN excluded.key_version <> invocation_counters.key_version
+                        THEN invocation_counters.server_ic_last
+                        WHEN invocation_counters.server_ic_last IS NULL
+                          OR excluded.server_ic_last > invocation_counters.server_ic_last
+                        THEN COALESCE(excluded.server_ic_last, invocation_counters.server_ic_last)
+                        ELSE invocation_counters.server_ic_last END,
+  updated_at = excluded.updated_at
+""").bindparams(sa.bindparam("now", type_=UtcDateTime()))
+
+_SWITCH = sa.text("""
+INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at, key_version)
+VALUES (:meter_id, 0, :server, :now, :key_version)
+ON CONFLICT (meter_id) DO UPDATE SET
+  server_ic_last = CASE WHEN excluded.key_version > invocation_counters.key_version
+                        THEN excluded.server_ic_last
+                        WHEN excluded.key_version = invocation_counters.key_version
+                         AND (invocation_counters.server_ic_last IS NULL
+                              OR excluded.server_ic_last > invocation_counters.server_ic_last)
+                        THEN excluded.server_ic_last
+                        ELSE invocation_counters.server_ic_last END,
+  key_version = CASE WHEN excluded.key_version > invocation_counters.key_version
+                     THEN excluded.key_version ELSE invocation_counters.key_version END,
   updated_at = excluded.updated_at
 """).bindparams(sa.bindparam("now", type_=UtcDateTime()))
 
@@ -45,10 +84,17 @@ class Counters(NamedTuple):
 
 def get(conn: Connection, meter_id: int) -> Counters:
     """The meter's counters; ``Counters(0, None)`` for a meter never talked to."""
+    return get_for_key(conn, meter_id)[0]
+
+
+def get_for_key(conn: Connection, meter_id: int) -> tuple[Counters, int]:
+    """The meter's counters and the GUEK version ``server_ic_last`` belongs to (1 if never talked to)."""
     row = conn.execute(
-        sa.select(ic.c.client_ic_next, ic.c.server_ic_last).where(ic.c.meter_id == meter_id)
+        sa.select(ic.c.client_ic_next, ic.c.server_ic_last, ic.c.key_version).where(ic.c.meter_id == meter_id)
     ).one_or_none()
-    return Counters(0, None) if row is None else Counters(int(row[0]), None if row[1] is None else int(row[1]))
+    if row is None:
+        return Counters(0, None), 1
+    return Counters(int(row[0]), None if row[1] is None else int(row[1])), int(row[2])
 
 
 def advance(
@@ -58,12 +104,28 @@ def advance(
     now: datetime,
     client_ic_next: int | None = None,
     server_ic_last: int | None = None,
+    key_version: int | None = None,
 ) -> Counters:
     """Move either counter forward to the given value; a value not greater than the stored one is ignored.
 
-    Returns the counters as stored afterwards.
+    With ``key_version``, ``server_ic_last`` is the counter seen under that GUEK version: ignored
+    unless it is the stored one (see the module's rule). Returns the counters as stored afterwards.
     """
-    conn.execute(_ADVANCE, {"meter_id": meter_id, "client": client_ic_next, "server": server_ic_last, "now": now})
+    values = {"meter_id": meter_id, "client": client_ic_next, "server": server_ic_last, "now": now}
+    if key_version is None:
+        conn.execute(_ADVANCE, values)
+    else:
+        conn.execute(_ADVANCE_FOR_KEY, {**values, "key_version": key_version})
+    return get(conn, meter_id)
+
+
+def switch_key_version(
+    conn: Connection, meter_id: int, key_version: int, *, server_ic_last: int | None, now: datetime
+) -> Counters:
+    """A new GUEK version became active: its counter space replaces the old one (``server_ic_last`` =
+    what was seen under the new key, None if nothing yet). A version not newer than the stored one
+    only advances ``server_ic_last`` as usual. Call it in the transaction that activates the key."""
+    conn.execute(_SWITCH, {"meter_id": meter_id, "key_version": key_version, "server": server_ic_last, "now": now})
     return get(conn, meter_id)
 
 

@@ -127,6 +127,9 @@ meter_keys = sa.Table(
     sa.Column("kek_id", sa.String(64), nullable=False),  # which master key wrapped it
     sa.Column("wrapped", sa.LargeBinary(), nullable=False),  # AES-256-GCM: format byte, nonce, ciphertext+tag
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    # "pending" (generated, not yet proven in the meter), "active" (one per meter and kind), "retired"
+    sa.Column("state", sa.String(16), nullable=False, server_default=sa.text("'active'")),
+    sa.Column("state_changed_at", UtcDateTime(), nullable=True),
 )
 
 # --- readings -------------------------------------------------------------------------------------
@@ -226,6 +229,8 @@ invocation_counters = sa.Table(  # DLMS invocation counters; only ever move forw
     sa.Column("client_ic_next", sa.BigInteger(), nullable=False),  # next IC the head-end will use
     sa.Column("server_ic_last", sa.BigInteger(), nullable=True),  # last IC accepted from the meter
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    # the GUEK version server_ic_last belongs to: a new key is a new counter space (security.keys)
+    sa.Column("key_version", sa.Integer(), nullable=False, server_default=sa.text("1")),
 )
 
 # --- API access -----------------------------------------------------------------------------------
@@ -407,4 +412,48 @@ pki_crls = sa.Table(
     sa.Column("next_update", UtcDateTime(), nullable=False),
     sa.Column("revoked_count", sa.Integer(), nullable=False),
     sa.Column("der", sa.LargeBinary(), nullable=False),
+)
+
+# --- key management (security.keys) ---
+# A rotation request (one meter, a list, a feeder, every meter; normal or emergency) has one row per
+# meter in ``meter_key_rotations``, whose state machine docs/security.md "Key management" describes:
+# queued -> uncertain (transfer sent, outcome unknown) -> rotated, or failed / cancelled. The new keys
+# are ``meter_keys`` rows in state "pending" (``guek_version``/``gak_version``) until proven in the
+# meter. At most one open (queued or uncertain) rotation per meter.
+
+key_rotations = sa.Table(
+    "key_rotations",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(160), nullable=False),  # "meter:42", "feeder:SS01-F01", "meters:3", "all"
+    sa.Column("emergency", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("requested_by", sa.String(128), nullable=False),  # the audit actor
+    sa.Column("requested_at", UtcDateTime(), nullable=False),
+)
+
+meter_key_rotations = sa.Table(
+    "meter_key_rotations",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("rotation_id", Id, sa.ForeignKey("key_rotations.id"), nullable=False, index=True),
+    sa.Column("meter_id", MeterId(), sa.ForeignKey("meters.id"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # queued, uncertain, rotated, failed, cancelled
+    sa.Column("priority", sa.SmallInteger(), nullable=False),  # higher first: emergency re-keys
+    sa.Column("guek_version", sa.Integer(), nullable=False),  # the pending meter_keys versions
+    sa.Column("gak_version", sa.Integer(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.String(255), nullable=True),  # why the last attempt did not finish; no keys
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("transfer_sent_at", UtcDateTime(), nullable=True),
+    sa.Column("settled_at", UtcDateTime(), nullable=True),
+    sa.Index(None, "meter_id", "state"),
+    sa.Index(None, "state", "priority"),
+    sa.Index(
+        "uq_meter_key_rotations_open",
+        "meter_id",
+        unique=True,
+        sqlite_where=sa.text("state IN ('queued', 'uncertain')"),
+        postgresql_where=sa.text("state IN ('queued', 'uncertain')"),
+    ),
 )

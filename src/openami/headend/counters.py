@@ -11,13 +11,17 @@ A restart must never reopen a replay window, in either direction:
 Concurrent sessions' reservations and records are grouped into one transaction (group commit):
 each caller waits until its own operation is durable, and a busy collection costs one commit per
 batch rather than two per meter.
+
+Counters are per key version (``db.counters``): a caller that passes the GUEK version its session
+uses gets the meter's last counter only if it belongs to that version (None, a fresh space,
+otherwise), and its record moves the meter's counter only within that version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,6 +37,7 @@ CLIENT_IC_BLOCK = 4096
 class _Reserve:
     meter_id: int
     future: asyncio.Future[tuple[int, int | None]]
+    key_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,7 @@ class _Record:
     client_ic_next: int
     server_ic_last: int | None
     future: asyncio.Future[None]
+    key_version: int | None = None
 
 
 _Op = _Reserve | _Record
@@ -76,29 +82,35 @@ class CounterStore:
             self._task = None
         await self._flush()
 
-    async def reserve(self, meter_id: int) -> tuple[int, int | None]:
-        """Durably reserve a block; returns (first client IC to use, last server IC accepted or None)."""
+    async def reserve(self, meter_id: int, *, key_version: int | None = None) -> tuple[int, int | None]:
+        """Durably reserve a block; returns (first client IC to use, last server IC accepted or None).
+
+        With ``key_version``, the server IC is the one of that key version (None for another version).
+        """
         future: asyncio.Future[tuple[int, int | None]] = asyncio.get_running_loop().create_future()
-        self._submit(_Reserve(meter_id, future))
+        self._submit(_Reserve(meter_id, future, key_version))
         return await future
 
-    async def reserve_many(self, meter_ids: list[int]) -> dict[int, tuple[int, int | None]]:
+    async def reserve_many(
+        self, meter_ids: list[int], key_versions: Mapping[int, int] | None = None
+    ) -> dict[int, tuple[int, int | None]]:
         """``reserve`` for a whole collection run in one transaction (one commit for thousands of meters)."""
-        return await asyncio.to_thread(self._reserve_many, meter_ids)
+        return await asyncio.to_thread(self._reserve_many, meter_ids, key_versions or {})
 
-    def _reserve_many(self, meter_ids: list[int]) -> dict[int, tuple[int, int | None]]:
+    def _reserve_many(self, meter_ids: list[int], key_versions: Mapping[int, int]) -> dict[int, tuple[int, int | None]]:
         now = self._now()
-        reserved: dict[int, tuple[int, int | None]] = {}
         with self._engine.begin() as conn:
-            for meter_id in meter_ids:
-                first = counter_repo.reserve_client_ics(conn, meter_id, CLIENT_IC_BLOCK, now=now)
-                reserved[meter_id] = (first, counter_repo.get(conn, meter_id).server_ic_last)
-        return reserved
+            return {m: _reserve(conn, m, key_versions.get(m), now) for m in meter_ids}
 
-    async def record(self, meter_id: int, *, client_ic_next: int, server_ic_last: int | None) -> None:
-        """Make the counters a session ended with durable; returns once committed."""
+    async def record(
+        self, meter_id: int, *, client_ic_next: int, server_ic_last: int | None, key_version: int | None = None
+    ) -> None:
+        """Make the counters a session ended with durable; returns once committed.
+
+        ``key_version``: the GUEK version the session used (its server IC is ignored for another one).
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._submit(_Record(meter_id, client_ic_next, server_ic_last, future))
+        self._submit(_Record(meter_id, client_ic_next, server_ic_last, future, key_version))
         await future
 
     def _submit(self, op: _Op) -> None:
@@ -139,9 +151,22 @@ class CounterStore:
             return [_apply_one(conn, op, now) for op in ops]
 
 
+def _reserve(conn: Connection, meter_id: int, key_version: int | None, now: datetime) -> tuple[int, int | None]:
+    first = counter_repo.reserve_client_ics(conn, meter_id, CLIENT_IC_BLOCK, now=now)
+    stored, stored_version = counter_repo.get_for_key(conn, meter_id)
+    same_key = key_version is None or stored_version == key_version
+    return first, stored.server_ic_last if same_key else None
+
+
 def _apply_one(conn: Connection, op: _Op, now: datetime) -> tuple[int, int | None] | None:
     if isinstance(op, _Reserve):
-        first = counter_repo.reserve_client_ics(conn, op.meter_id, CLIENT_IC_BLOCK, now=now)
-        return first, counter_repo.get(conn, op.meter_id).server_ic_last
-    counter_repo.advance(conn, op.meter_id, now=now, client_ic_next=op.client_ic_next, server_ic_last=op.server_ic_last)
+        return _reserve(conn, op.meter_id, op.key_version, now)
+    counter_repo.advance(
+        conn,
+        op.meter_id,
+        now=now,
+        client_ic_next=op.client_ic_next,
+        server_ic_last=op.server_ic_last,
+        key_version=op.key_version,
+    )
     return None

@@ -1,9 +1,14 @@
 """Meter keys at rest: envelope encryption under a master key.
 
-Every meter key (the DLMS global unicast encryption key ``guek`` and authentication key ``gak``) is
-stored wrapped with AES-256-GCM under the platform's master key (key-encryption key, KEK). The
-associated data binds a blob to its meter id, key kind and key version, so a blob copied to another
-meter, swapped between kinds or rolled back to an older version fails to decrypt.
+Every meter key (the DLMS global unicast encryption key ``guek``, authentication key ``gak`` and
+the meter's own master key ``kek`` that new keys are wrapped under for key transfer) is stored
+wrapped with AES-256-GCM under the platform's master key. The associated data binds a blob to its
+meter id, key kind and key version, so a blob copied to another meter, swapped between kinds or
+rolled back to an older version fails to decrypt.
+
+Key versions per (meter, kind) have a state: "active" (the one in use, one at most), "pending"
+(generated for a rotation, not yet proven in the meter: ``security.keys``) and "retired". A new
+active GUEK version starts a new invocation counter space (``db.counters.switch_key_version``).
 
 The master key comes from a ``MasterKeyProvider``: ``FileMasterKey`` (32 random bytes in a 0600 file
 created on first run; a file readable by group or others is refused) or ``StaticMasterKey`` (from
@@ -32,6 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
+from openami.db import counters as counter_repo
 from openami.db.tables import meter_keys as mk
 from openami.errors import NotFound, OpenAmiError
 
@@ -39,21 +45,29 @@ if TYPE_CHECKING:
     from openami.settings import Settings
 
 __all__ = [
+    "ACTIVE",
+    "PENDING",
+    "RETIRED",
     "FileMasterKey",
     "KeyIntegrityError",
     "MasterKeyError",
     "MasterKeyProvider",
     "MeterKeys",
     "StaticMasterKey",
+    "active_version",
+    "load_key_version",
     "load_meter_keys",
     "master_key_provider",
+    "set_key_state",
+    "store_key_version",
     "store_meter_keys",
 ]
 
 MASTER_KEY_BYTES = 32
 _FORMAT = b"\x01"  # blob = format byte || 12-byte nonce || ciphertext || 16-byte tag
 _NONCE_BYTES = 12
-_KINDS = ("guek", "gak")
+_KINDS = ("guek", "gak", "kek")
+ACTIVE, PENDING, RETIRED = "active", "pending", "retired"
 
 
 class MasterKeyError(OpenAmiError):
@@ -197,26 +211,31 @@ def _decode_master_key(raw: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class MeterKeys:
-    """A meter's DLMS keys (16 bytes for Security Suite 0/1, 32 for suite 2). Prints as ``***``."""
+    """A meter's DLMS keys (16 bytes for Security Suite 0/1, 32 for suite 2). Prints as ``***``.
+
+    ``kek`` is the meter's master key for key transfer; None for meters commissioned without one.
+    """
 
     guek: bytes = field(repr=False)
     gak: bytes = field(repr=False)
+    kek: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for kind in _KINDS:
-            if len(getattr(self, kind)) not in (16, 32):
+            key = getattr(self, kind)
+            if key is not None and len(key) not in (16, 32):
                 raise ValueError(f"{kind} must be 16 or 32 bytes")
 
     @classmethod
-    def from_hex(cls, guek: str, gak: str) -> MeterKeys:
+    def from_hex(cls, guek: str, gak: str, kek: str | None = None) -> MeterKeys:
         """From the hex strings of a commissioning file; the message of a failure holds no key."""
         try:
-            return cls(bytes.fromhex(guek), bytes.fromhex(gak))
+            return cls(bytes.fromhex(guek), bytes.fromhex(gak), None if kek is None else bytes.fromhex(kek))
         except (ValueError, TypeError):
             raise ValueError("meter keys must be 32 or 64 hex digits each") from None
 
     def __repr__(self) -> str:
-        return "MeterKeys(guek=***, gak=***)"
+        return "MeterKeys(guek=***, gak=***)" if self.kek is None else "MeterKeys(guek=***, gak=***, kek=***)"
 
     __str__ = __repr__
 
@@ -233,56 +252,124 @@ def _aad(meter_id: int, kind: str, version: int) -> bytes:
 
 def store_meter_keys(
     conn: Connection, keystore: MasterKeyProvider, meter_id: int, keys: MeterKeys, *, now: datetime
-) -> None:
-    """Store the meter's keys, wrapped; a key equal to the stored one is left as it is (idempotent import),
-    a different one becomes the next key version (the old version stays, wrapped, for audit)."""
+) -> bool:
+    """Store the meter's keys as its active ones, wrapped (a commissioning import says what the meter holds).
+
+    A key equal to the active one is left as it is (idempotent import); a different one becomes the
+    next key version, active, and the previous active version is retired (kept, wrapped, for audit).
+    A new GUEK moves the meter's invocation counters to its new counter space. Returns True when the
+    GUEK or GAK changed (the caller cancels a rotation in progress: the import supersedes it).
+    """
+    changed = False
     for kind in _KINDS:
-        key: bytes = getattr(keys, kind)
-        latest = _latest(conn, meter_id, kind)
-        if latest is not None:
-            version, kek_id, blob = latest
-            if kek_id == keystore.key_id and hmac.compare_digest(
-                keystore.unwrap(blob, _aad(meter_id, kind, version)), key
-            ):
-                continue
-        version = 1 if latest is None else latest[0] + 1
-        conn.execute(
-            sa.insert(mk).values(
-                meter_id=meter_id,
-                key_kind=kind,
-                key_version=version,
-                kek_id=keystore.key_id,
-                wrapped=keystore.wrap(key, _aad(meter_id, kind, version)),
-                created_at=now,
-            )
+        key: bytes | None = getattr(keys, kind)
+        if key is None:
+            continue  # a file without a KEK leaves the stored one (if any) alone
+        active = _version(conn, meter_id, kind, state=ACTIVE)
+        if active is not None and _unwraps_to(conn, keystore, meter_id, kind, active, key):
+            continue
+        if active is not None:
+            set_key_state(conn, meter_id, kind, active, RETIRED, now=now)
+        version = store_key_version(conn, keystore, meter_id, kind, key, state=ACTIVE, now=now)
+        if kind == "guek":
+            counter_repo.switch_key_version(conn, meter_id, version, server_ic_last=None, now=now)
+        changed = changed or kind != "kek"
+    return changed
+
+
+def store_key_version(
+    conn: Connection, keystore: MasterKeyProvider, meter_id: int, kind: str, key: bytes, *, state: str, now: datetime
+) -> int:
+    """Store ``key`` as the next version of (meter, kind) in ``state``; returns the version number."""
+    if kind not in _KINDS or state not in (ACTIVE, PENDING, RETIRED):
+        raise ValueError("unknown key kind or state")
+    latest = conn.execute(
+        sa.select(sa.func.max(mk.c.key_version)).where(mk.c.meter_id == meter_id, mk.c.key_kind == kind)
+    ).scalar_one_or_none()
+    version = 1 if latest is None else int(latest) + 1
+    conn.execute(
+        sa.insert(mk).values(
+            meter_id=meter_id,
+            key_kind=kind,
+            key_version=version,
+            kek_id=keystore.key_id,
+            wrapped=keystore.wrap(key, _aad(meter_id, kind, version)),
+            created_at=now,
+            state=state,
+            state_changed_at=now,
         )
+    )
+    return version
+
+
+def set_key_state(
+    conn: Connection, meter_id: int, kind: str, version: int, state: str, *, now: datetime, expected: str | None = None
+) -> bool:
+    """Move one key version to ``state`` (only from ``expected`` when given); True if a row changed."""
+    stmt = sa.update(mk).where(mk.c.meter_id == meter_id, mk.c.key_kind == kind, mk.c.key_version == version)
+    if expected is not None:
+        stmt = stmt.where(mk.c.state == expected)
+    return conn.execute(stmt.values(state=state, state_changed_at=now)).rowcount == 1
+
+
+def load_key_version(conn: Connection, keystore: MasterKeyProvider, meter_id: int, kind: str, version: int) -> bytes:
+    """One stored key version, unwrapped. NotFound / KeyIntegrityError as for :func:`load_meter_keys`."""
+    row = conn.execute(
+        sa.select(mk.c.kek_id, mk.c.wrapped).where(
+            mk.c.meter_id == meter_id, mk.c.key_kind == kind, mk.c.key_version == version
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no {kind} version {version} stored for meter {meter_id}")
+    kek_id, blob = str(row[0]), bytes(row[1])
+    if kek_id != keystore.key_id:
+        raise KeyIntegrityError(
+            f"the {kind} of meter {meter_id} is wrapped under master key {kek_id}, not {keystore.key_id}"
+        )
+    try:
+        return keystore.unwrap(blob, _aad(meter_id, kind, version))
+    except KeyIntegrityError:
+        raise KeyIntegrityError(f"the stored {kind} of meter {meter_id} failed authentication") from None
 
 
 def load_meter_keys(conn: Connection, keystore: MasterKeyProvider, meter_id: int) -> MeterKeys:
-    """The meter's current keys. Raises NotFound if none are stored and KeyIntegrityError if they do
-    not decrypt under this master key (wrong master key, or a blob moved from another meter)."""
-    found: dict[str, bytes] = {}
+    """The meter's active keys (``kek`` None when none is stored). Raises NotFound if it has no active
+    GUEK or GAK and KeyIntegrityError if they do not decrypt under this master key (wrong master key,
+    or a blob moved from another meter)."""
+    found: dict[str, bytes | None] = {}
     for kind in _KINDS:
-        latest = _latest(conn, meter_id, kind)
-        if latest is None:
+        version = _version(conn, meter_id, kind, state=ACTIVE)
+        if version is None:
+            if kind == "kek":
+                found[kind] = None
+                continue
             raise NotFound(f"no {kind} stored for meter {meter_id}")
-        version, kek_id, blob = latest
-        if kek_id != keystore.key_id:
-            raise KeyIntegrityError(
-                f"the {kind} of meter {meter_id} is wrapped under master key {kek_id}, not {keystore.key_id}"
-            )
-        try:
-            found[kind] = keystore.unwrap(blob, _aad(meter_id, kind, version))
-        except KeyIntegrityError:
-            raise KeyIntegrityError(f"the stored {kind} of meter {meter_id} failed authentication") from None
-    return MeterKeys(guek=found["guek"], gak=found["gak"])
+        found[kind] = load_key_version(conn, keystore, meter_id, kind, version)
+    guek, gak = found["guek"], found["gak"]
+    assert guek is not None
+    assert gak is not None
+    return MeterKeys(guek=guek, gak=gak, kek=found["kek"])
 
 
-def _latest(conn: Connection, meter_id: int, kind: str) -> tuple[int, str, bytes] | None:
-    row = conn.execute(
-        sa.select(mk.c.key_version, mk.c.kek_id, mk.c.wrapped)
-        .where(mk.c.meter_id == meter_id, mk.c.key_kind == kind)
-        .order_by(mk.c.key_version.desc())
-        .limit(1)
-    ).one_or_none()
-    return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
+def active_version(conn: Connection, meter_id: int, kind: str) -> int | None:
+    """The active version of (meter, kind), None if there is none."""
+    return _version(conn, meter_id, kind, state=ACTIVE)
+
+
+def _version(conn: Connection, meter_id: int, kind: str, *, state: str) -> int | None:
+    version = conn.execute(
+        sa.select(sa.func.max(mk.c.key_version)).where(
+            mk.c.meter_id == meter_id, mk.c.key_kind == kind, mk.c.state == state
+        )
+    ).scalar_one_or_none()
+    return None if version is None else int(version)
+
+
+def _unwraps_to(
+    conn: Connection, keystore: MasterKeyProvider, meter_id: int, kind: str, version: int, key: bytes
+) -> bool:
+    try:
+        stored = load_key_version(conn, keystore, meter_id, kind, version)
+    except KeyIntegrityError:
+        return False  # under another master key: store the import anew
+    return hmac.compare_digest(stored, key)
