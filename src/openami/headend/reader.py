@@ -48,8 +48,22 @@ class MeterSecurityFailure(AuthenticationFailed):
 
 
 @dataclass(frozen=True, slots=True)
+class PendingKeys:
+    """Keys sent to the meter whose arrival is unconfirmed (a rotation in state uncertain, ``security.keys``)."""
+
+    meter_rotation_id: int
+    key_version: int  # their GUEK version: the counter space they open
+    guek: bytes = field(repr=False)
+    gak: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class MeterTarget:
-    """Everything needed to reach and authenticate one meter. Keys never appear in ``repr``."""
+    """Everything needed to reach and authenticate one meter. Keys never appear in ``repr``.
+
+    ``key_version`` is the GUEK version of ``guek``/``gak`` (the invocation counter space);
+    ``pending``, when set, holds keys the meter may have switched to: try them first.
+    """
 
     meter_id: int
     serial: str
@@ -59,6 +73,14 @@ class MeterTarget:
     customer_class: CustomerClass
     guek: bytes = field(repr=False)
     gak: bytes = field(repr=False)
+    key_version: int = 1
+    pending: PendingKeys | None = None
+
+    def with_pending_keys(self) -> MeterTarget:
+        """This meter as if its pending keys were its keys (no pending keys left)."""
+        assert self.pending is not None
+        p = self.pending
+        return replace(self, guek=p.guek, gak=p.gak, key_version=p.key_version, pending=None)
 
 
 @dataclass(frozen=True, slots=True)

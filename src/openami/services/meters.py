@@ -11,8 +11,10 @@ from sqlalchemy.engine import Engine
 from openami.db import meters as meter_repo
 from openami.domain.meters import Meter
 from openami.errors import InvalidInput, NotFound
+from openami.headend.keys import make_target
 from openami.headend.reader import MeterTarget
-from openami.security.keystore import KeyIntegrityError, MasterKeyProvider, MeterKeys, load_meter_keys, store_meter_keys
+from openami.security import keys as key_management
+from openami.security.keystore import KeyIntegrityError, MasterKeyProvider, MeterKeys, store_meter_keys
 from openami.services.context import RequestScope
 
 _log = structlog.get_logger("openami.services")
@@ -26,7 +28,7 @@ def import_commissioning(
     """Load a commissioning document: topology, meters and their keys (wrapped), in one transaction."""
     try:
         key_hex = {m["serial"]: m["keys"] for m in document.get("meters", [])}
-        keys = {serial: MeterKeys.from_hex(k["guek"], k["gak"]) for serial, k in key_hex.items()}
+        keys = {serial: MeterKeys.from_hex(k["guek"], k["gak"], k.get("kek")) for serial, k in key_hex.items()}
     except (KeyError, TypeError, AttributeError) as exc:
         raise InvalidInput(
             f"malformed commissioning document: missing or bad meter keys ({type(exc).__name__})"
@@ -34,7 +36,8 @@ def import_commissioning(
     with engine.begin() as conn:
         ids = meter_repo.import_commissioning(conn, document, now=now)
         for serial, meter_id in ids.items():
-            store_meter_keys(conn, keystore, meter_id, keys[serial], now=now)
+            if store_meter_keys(conn, keystore, meter_id, keys[serial], now=now):  # the file says what the meter holds
+                key_management.cancel_open_rotations(conn, meter_id, actor="system:import", now=now)
     return ids
 
 
@@ -46,20 +49,11 @@ def load_targets(engine: Engine, keystore: MasterKeyProvider) -> dict[int, Meter
         while page := meter_repo.list_meters(conn, after_id=after, limit=1000):
             for meter in page:
                 try:
-                    keys = load_meter_keys(conn, keystore, meter.id)
+                    key_set = key_management.load_key_set(conn, keystore, meter.id)
                 except (NotFound, KeyIntegrityError) as exc:  # unreadable without keys: say so, keep the rest
                     _log.error("headend.meter.keys_unusable", meter_id=meter.id, error=exc.code)
                     continue
-                targets[meter.id] = MeterTarget(
-                    meter_id=meter.id,
-                    serial=meter.serial,
-                    host=meter.host,
-                    port=meter.port,
-                    system_title=meter.system_title,
-                    customer_class=meter.customer_class,
-                    guek=keys.guek,
-                    gak=keys.gak,
-                )
+                targets[meter.id] = make_target(meter, key_set)  # with pending keys while a rotation is uncertain
             after = page[-1].id
     return targets
 
