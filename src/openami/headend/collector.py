@@ -4,6 +4,11 @@ Every attempt's outcome is recorded: a good read publishes its ``CollectedReadin
 (the MDM validates and stores it) once the session's invocation counters are durable; a meter that
 still fails after its retries gets a communication-error record naming the step and the cause.
 On-demand reads have their own slots, so they never queue behind a bulk collection.
+
+A meter whose key rotation is uncertain (``MeterTarget.pending``) is read with the pending keys
+first and its active keys second; which worked settles the rotation (``headend.keys``). Key
+rotation uses :meth:`Collector.meter_lock` and :meth:`Collector.reserve_block`, so its sessions
+never overlap a read of the same meter and never reuse a counter.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from openami.db import comm_errors
 from openami.db import readings as readings_repo
 from openami.domain.messages import CollectedReadings
 from openami.errors import AssociationRejected, AuthenticationFailed, MeterCommunicationError, NotFound
+from openami.headend import keys as key_rotation
 from openami.headend.counters import CounterStore
 from openami.headend.reader import (
     INTERVAL_S,
     MeterSecurityFailure,
     MeterTarget,
     ProfileLayout,
+    ReadResult,
     SessionCounters,
     read_meter,
 )
@@ -93,7 +100,8 @@ class Collector:
         run_id = await asyncio.to_thread(self._start_run, kind, started, len(meter_ids))
         summary = RunSummary(run_id, len(meter_ids))
         since = await asyncio.to_thread(self._since, meter_ids, started)
-        reserved = await self.counters.reserve_many(list(meter_ids))
+        versions = {m: self.targets[m].key_version for m in meter_ids}
+        reserved = await self.counters.reserve_many(list(meter_ids), versions)
 
         async def one(meter_id: int) -> None:
             async with self._bulk_slots:
@@ -209,39 +217,58 @@ class Collector:
         A block reserved ahead (for a whole run) is used only while no later block has been used
         with that meter, e.g. by an on-demand read in between: the meter would refuse it as a replay.
         """
-        target = self.targets[meter_id]
         loop = asyncio.get_running_loop()
-        async with self._meter_lock(meter_id):
+        async with self.meter_lock(meter_id):
+            target = self.targets[meter_id]
             if counters is None or counters[0] < self._last_block.get(meter_id, -1):
-                counters = await self.counters.reserve(meter_id)
+                counters = await self.counters.reserve(meter_id, key_version=target.key_version)
             client_ic, server_ic = counters
             self._last_block[meter_id] = client_ic
             started = loop.time()
-            result = await read_meter(
-                target,
-                layout=self._layouts.get(meter_id),
-                client_system_title=self._client_system_title,
-                counters=SessionCounters(client_ic, server_ic),
-                since=since,
-                until=int(self._now().timestamp()),
-                timeout_s=self._settings.timeout_s,
-                now=self._now,
-            )
+
+            async def read(target: MeterTarget, counters: SessionCounters) -> ReadResult:
+                return await read_meter(
+                    target,
+                    layout=self._layouts.get(meter_id),
+                    client_system_title=self._client_system_title,
+                    counters=counters,
+                    since=since,
+                    until=int(self._now().timestamp()),
+                    timeout_s=self._settings.timeout_s,
+                    now=self._now,
+                )
+
+            if target.pending is None:
+                result = await read(target, SessionCounters(client_ic, server_ic))
+            else:  # keys may have changed in the meter: try the pending ones first, settle the rotation
+                result, target = await key_rotation.read_settling(
+                    self._engine, target, SessionCounters(client_ic, server_ic), read, now=self._now
+                )
+                self.targets[meter_id] = target
             elapsed = loop.time() - started
             self._layouts[meter_id] = result.layout
             await self.counters.record(
                 meter_id,
                 client_ic_next=result.counters.client_ic_next,
                 server_ic_last=result.counters.server_ic_last,
+                key_version=target.key_version,
             )
         await self._bus.publish(READINGS_COLLECTED, result.readings)
         return result.readings, elapsed
 
-    def _meter_lock(self, meter_id: int) -> asyncio.Lock:
+    def meter_lock(self, meter_id: int) -> asyncio.Lock:
+        """Held for every session with the meter: a meter serves one at a time."""
         lock = self._locks.get(meter_id)
         if lock is None:
             lock = self._locks[meter_id] = asyncio.Lock()
         return lock
+
+    async def reserve_block(self, meter_id: int, key_version: int) -> SessionCounters:
+        """Fresh counters for a session outside collection (hold :meth:`meter_lock`); blocks reserved
+        earlier for this meter (a run's) are then no longer used: the meter has seen newer counters."""
+        client_ic, server_ic = await self.counters.reserve(meter_id, key_version=key_version)
+        self._last_block[meter_id] = client_ic
+        return SessionCounters(client_ic, server_ic)
 
     # -- on demand -----------------------------------------------------------------------------------
 
