@@ -102,19 +102,37 @@ class ServerSecurity:
     ) -> None:
         if len(system_title) != 8 or len(guek) != 16 or len(gak) != 16 or (kek is not None and len(kek) != 16):
             raise ValueError("Suite 0 needs an 8-byte system title and 16-byte keys")
+        self._suite: Suite0 | None = None
         self.system_title = system_title
         self.guek = guek
         self.gak = gak
         self.kek = kek
         self.invocation_counter = invocation_counter
-        self._suite: Suite0 | None = None
         self._guards = {sap: ReplayGuard(last) for sap, last in (client_counters or {}).items()}
         """Client SAP -> replay guard; ``client_counters`` gives the last counter accepted from each."""
         self._staged: dict[str, bytes] = {}
 
     @property
+    def guek(self) -> bytes:
+        return self._guek
+
+    @guek.setter
+    def guek(self, key: bytes) -> None:
+        self._guek = key
+        self._suite = None  # the cached key schedule must never outlive its key
+
+    @property
+    def gak(self) -> bytes:
+        return self._gak
+
+    @gak.setter
+    def gak(self, key: bytes) -> None:
+        self._gak = key
+        self._suite = None
+
+    @property
     def suite(self) -> Suite0:
-        """Suite 0 with this server's keys, built on first use (one AES key schedule per meter)."""
+        """Suite 0 with the current keys, built on first use (one AES key schedule per meter and key)."""
         suite = self._suite
         if suite is None:
             suite = self._suite = Suite0(self.guek, self.gak)

@@ -380,3 +380,17 @@ def test_cipher_then_decipher_round_trips(plain: bytes, sc: int, ic: int, tag: i
         ic,
         tag,
     )
+
+
+def test_server_security_never_ciphers_with_a_replaced_key() -> None:
+    from openami.protocols.dlms.server_policy import ServerSecurity  # noqa: PLC0415 - the one test of it here
+
+    server = ServerSecurity(SERVER_TITLE, EK, AK)
+    assert server.suite.plaintext(_cipher(), system_title=CLIENT_TITLE) == GET_CLOCK
+    server.guek = OTHER_KEY
+    with pytest.raises(AuthenticationTagError):
+        server.suite.plaintext(_cipher(), system_title=CLIENT_TITLE)
+    server.guek, server.gak = EK, OTHER_KEY
+    with pytest.raises(AuthenticationTagError):
+        server.suite.plaintext(_cipher(), system_title=CLIENT_TITLE)
+    assert "***" in repr(server)
