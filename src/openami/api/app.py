@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from openami import __version__
 from openami.api import problems
-from openami.api.routers import collection, meters, public, security
+from openami.api.routers import collection, keys, meters, public, security
 from openami.services.context import Platform
 
 
@@ -22,4 +22,5 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(meters.router)
     app.include_router(collection.router)
     app.include_router(security.router)
+    app.include_router(keys.router)
     return app

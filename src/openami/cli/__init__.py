@@ -14,6 +14,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "openami.cli.dlms": ("read",),
     "openami.cli.sim": ("sim",),
     "openami.cli.platform": ("run", "meters", "readings"),
+    "openami.cli.keys": ("keys",),
     "openami.cli.audit": ("audit", "security"),
 }
 
