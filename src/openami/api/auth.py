@@ -1,4 +1,9 @@
-"""Bearer-token authentication: produces the frozen RequestScope every service function takes."""
+"""Bearer-token authentication: produces the frozen RequestScope every service function takes.
+
+Routers that need a caller declare ``Scope``; the only public routes are health, version and the
+login itself. A missing, malformed, unknown, revoked or expired token is a 401 problem, and every
+request's token use (or refusal) is audited by ``services.identity.authenticate_bearer``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from openami.errors import Unauthenticated
-from openami.services.context import Platform, RequestScope, authenticate_token
+from openami.services import identity as identity_services
+from openami.services.context import Platform, RequestScope
 
-_bearer = HTTPBearer(auto_error=False, description="API token (printed once when the platform first starts)")
+# Declares the scheme in OpenAPI; the header itself is parsed (strictly) by the identity service.
+_bearer = HTTPBearer(auto_error=False, description="API token: POST /v1/auth/token, or the first-run admin token")
 
 
 def get_platform(request: Request) -> Platform:
@@ -19,13 +25,18 @@ def get_platform(request: Request) -> Platform:
 
 
 def require_scope(
+    request: Request,
     platform: Annotated[Platform, Depends(get_platform)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> RequestScope:
-    """Fail closed: no token, an unknown one or an expired one is a 401 problem."""
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise Unauthenticated("a bearer token is required")
-    return authenticate_token(platform, credentials.credentials)
+    """Fail closed: no token, a malformed, unknown, revoked or expired one is a 401 problem."""
+    return identity_services.authenticate_bearer(
+        platform.engine,
+        request.headers.getlist("authorization"),
+        method=request.method,
+        path=request.url.path,
+        now=platform.now(),
+    )
 
 
 Scope = Annotated[RequestScope, Depends(require_scope)]

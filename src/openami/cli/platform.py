@@ -27,10 +27,14 @@ from openami.services.bootstrap import (
     open_storage,
     stop_platform,
 )
-from openami.services.context import ALL_SCOPES, Platform, RequestScope
+from openami.services.context import ALL_SCOPES, Platform, RequestScope, Role
 from openami.settings import Settings
 
-CLI_SCOPE = RequestScope(principal="cli:local-admin", scopes=frozenset({ALL_SCOPES}))
+CLI_SCOPE = RequestScope(
+    principal="cli:local-admin",
+    roles=frozenset({Role.AMI_OPERATOR, Role.SECURITY_ADMIN}),
+    scopes=frozenset({ALL_SCOPES}),
+)
 """The CLI works on the local database directly: whoever can run it can read the database file."""
 
 _err = Console(stderr=True)

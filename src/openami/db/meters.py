@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from openami.db import tables as t
 from openami.db._upsert import insert_on_conflict
@@ -27,6 +28,9 @@ __all__ = [
     "import_commissioning",
     "list_meters",
     "meter_ids_by_serial",
+    "on_transformer",
+    "premise_of",
+    "transformer_area",
     "upsert_meters",
     "upsert_topology",
 ]
@@ -166,8 +170,10 @@ def _meter(row: Any) -> Meter:
     )
 
 
-def get_meter(conn: Connection, meter_id: int) -> Meter:
-    row = conn.execute(sa.select(*_METER_COLUMNS).where(t.meters.c.id == meter_id)).one_or_none()
+def get_meter(conn: Connection, meter_id: int, *, visible: ColumnElement[bool] | None = None) -> Meter:
+    """One meter; NotFound when it does not exist or ``visible`` (a policy clause on meters) excludes it."""
+    query = sa.select(*_METER_COLUMNS).where(t.meters.c.id == meter_id)
+    row = conn.execute(query if visible is None else query.where(visible)).one_or_none()
     if row is None:
         raise NotFound(f"meter {meter_id} does not exist")
     return _meter(row)
@@ -181,10 +187,18 @@ def get_meter_by_serial(conn: Connection, serial: str) -> Meter:
 
 
 def list_meters(
-    conn: Connection, *, after_id: int | None = None, limit: int = 100, customer_class: CustomerClass | None = None
+    conn: Connection,
+    *,
+    after_id: int | None = None,
+    limit: int = 100,
+    customer_class: CustomerClass | None = None,
+    visible: ColumnElement[bool] | None = None,
 ) -> list[Meter]:
-    """Meters by id; page with ``after_id`` = the last id of the previous page (keyset paging)."""
-    query = sa.select(*_METER_COLUMNS)
+    """Meters by id; page with ``after_id`` = the last id of the previous page (keyset paging).
+
+    ``visible`` is a policy clause on meters (``security.policy.visible_meters``), applied in the query.
+    """
+    query = sa.select(*_METER_COLUMNS) if visible is None else sa.select(*_METER_COLUMNS).where(visible)
     if after_id is not None:
         query = query.where(t.meters.c.id > after_id)
     if customer_class is not None:
@@ -192,8 +206,42 @@ def list_meters(
     return [_meter(row) for row in conn.execute(query.order_by(t.meters.c.id).limit(limit))]
 
 
-def count_meters(conn: Connection, *, customer_class: CustomerClass | None = None) -> int:
+def count_meters(
+    conn: Connection, *, customer_class: CustomerClass | None = None, visible: ColumnElement[bool] | None = None
+) -> int:
     query = sa.select(sa.func.count()).select_from(t.meters)
+    if visible is not None:
+        query = query.where(visible)
     if customer_class is not None:
         query = query.where(t.meters.c.customer_class == str(customer_class))
     return int(conn.execute(query).scalar_one())
+
+
+def on_transformer(transformer_id: str) -> ColumnElement[bool]:
+    """A clause on meters: the meters whose service point hangs on ``transformer_id``."""
+    points = sa.select(t.service_points.c.id).where(t.service_points.c.transformer_id == transformer_id)
+    return t.meters.c.service_point_id.in_(points)
+
+
+def transformer_area(conn: Connection, transformer_id: str) -> str:
+    """The substation (distribution area) a transformer is in; NotFound for an unknown transformer."""
+    query = (
+        sa.select(t.feeders.c.substation_id)
+        .join(t.transformers, t.transformers.c.feeder_id == t.feeders.c.id)
+        .where(t.transformers.c.id == transformer_id)
+    )
+    area = conn.execute(query).scalar_one_or_none()
+    if area is None:
+        raise NotFound(f"transformer {transformer_id[:32]!r} does not exist")
+    return str(area)
+
+
+def premise_of(conn: Connection, meter_id: int) -> str | None:
+    """The premise a meter serves (whose personal data its readings are), or None."""
+    query = (
+        sa.select(t.service_points.c.premise_id)
+        .join(t.meters, t.meters.c.service_point_id == t.service_points.c.id)
+        .where(t.meters.c.id == meter_id)
+    )
+    found = conn.execute(query).scalar_one_or_none()
+    return None if found is None else str(found)

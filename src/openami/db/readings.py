@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from openami.db import _pg_ingest
 from openami.db.tables import interval_reading_versions as irv
@@ -38,6 +39,7 @@ __all__ = [
     "IngestCounts",
     "IntervalRecord",
     "IntervalRow",
+    "IntervalSum",
     "count_intervals",
     "first_estimated_interval_ends",
     "intervals_for_window",
@@ -45,6 +47,7 @@ __all__ = [
     "last_actual_interval_ends",
     "read_intervals",
     "read_versions",
+    "sum_intervals",
     "write_intervals",
 ]
 
@@ -138,16 +141,51 @@ def _check_meters_sqlite(cursor: sqlite3.Cursor, meter_ids: set[int]) -> None:
 
 
 def read_intervals(
-    conn: Connection, meter_id: int, start: int, end: int, channel: int | None = None
+    conn: Connection,
+    meter_id: int,
+    start: int,
+    end: int,
+    channel: int | None = None,
+    *,
+    visible: ColumnElement[bool] | None = None,
 ) -> list[IntervalRecord]:
-    """Current versions for one meter with ``start <= interval_end <= end``, by channel then time."""
+    """Current versions for one meter with ``start <= interval_end <= end``, by channel then time.
+
+    ``visible`` is a policy clause on meters: nothing is returned for a meter it excludes.
+    """
     query = sa.select(*_COLUMNS, ir.c.version).where(
         ir.c.meter_id == meter_id, ir.c.interval_end >= start, ir.c.interval_end <= end
     )
     if channel is not None:
         query = query.where(ir.c.channel == channel)
+    if visible is not None:
+        query = query.where(ir.c.meter_id.in_(sa.select(meters.c.id).where(visible)))
     query = query.order_by(ir.c.channel, ir.c.interval_end)
     return [IntervalRecord(*row) for row in conn.execute(query)]
+
+
+class IntervalSum(NamedTuple):
+    interval_end: int
+    value: float  # Wh summed over the meters
+    meters: int  # how many meters contributed
+
+
+def sum_intervals(
+    conn: Connection, meter_filter: ColumnElement[bool], channel: int, start: int, end: int, *, min_meters: int
+) -> list[IntervalSum]:
+    """Per interval end in ``[start, end]``, the sum of current values of the meters ``meter_filter``
+    (a clause on meters) selects; intervals to which fewer than ``min_meters`` contributed are left out."""
+    chosen = sa.select(meters.c.id).where(meter_filter)
+    contributors = sa.func.count()
+    query = (
+        sa.select(ir.c.interval_end, sa.func.sum(ir.c.value), contributors)
+        .where(ir.c.channel == channel, ir.c.interval_end >= start, ir.c.interval_end <= end)
+        .where(ir.c.meter_id.in_(chosen))
+        .group_by(ir.c.interval_end)
+        .having(contributors >= min_meters)
+        .order_by(ir.c.interval_end)
+    )
+    return [IntervalSum(int(e), float(v), int(n)) for e, v, n in conn.execute(query)]
 
 
 def read_versions(conn: Connection, meter_id: int, channel: int, interval_end: int) -> list[IntervalRecord]:

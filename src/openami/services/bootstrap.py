@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Engine
 
 from openami.bus import InProcessBus
-from openami.db import tokens as token_repo
 from openami.db.engine import create_engine
 from openami.db.migrations import upgrade
 from openami.headend.collector import Collector
 from openami.headend.scheduler import Scheduler
 from openami.mdm.ingest import Ingestor
 from openami.security.keystore import master_key_provider
-from openami.services.context import ALL_SCOPES, Platform
+from openami.services import identity
+from openami.services.context import Platform
 from openami.services.meters import load_targets
 from openami.settings import Settings
 
@@ -29,12 +29,8 @@ def open_storage(settings: Settings) -> Engine:
 
 
 def ensure_admin_token(engine: Engine, *, now: datetime) -> str | None:
-    """On first run (no token exists) create an all-scopes admin token and return it, once."""
-    with engine.begin() as conn:
-        if token_repo.list_tokens(conn):
-            return None
-        _, token = token_repo.create_token(conn, "admin", [ALL_SCOPES], now=now)
-    return token
+    """On first run create the 'admin' account (security_admin + ami_operator) and return its token, once."""
+    return identity.ensure_admin_token(engine, now=now)
 
 
 def build_platform(

@@ -1,4 +1,4 @@
-"""The platform's running parts and the request scope every service function takes."""
+"""The platform's running parts, and the request scope every service function takes (defined by the policy)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,14 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Engine
 
 from openami.bus.base import Bus
-from openami.db import tokens as token_repo
-from openami.errors import PermissionDenied, Unauthenticated
 from openami.headend.collector import Collector
 from openami.headend.scheduler import Scheduler
 from openami.mdm.ingest import Ingestor
 from openami.security.keystore import MasterKeyProvider
+from openami.security.policy import ALL_SCOPES, RequestScope, Role
 from openami.settings import Settings
 
-ALL_SCOPES = "*"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestScope:
-    """Who is asking and what they may do; produced by authentication, passed to every service call."""
-
-    principal: str
-    scopes: frozenset[str]
-
-    def require(self, scope: str) -> None:
-        """Fail closed: raise PermissionDenied unless the scope (or ``*``) was granted."""
-        if ALL_SCOPES not in self.scopes and scope not in self.scopes:
-            raise PermissionDenied(f"this token lacks the '{scope}' scope")
+__all__ = ["ALL_SCOPES", "Platform", "RequestScope", "Role"]
 
 
 @dataclass(slots=True)
@@ -45,11 +31,3 @@ class Platform:
     collector: Collector
     scheduler: Scheduler
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-
-
-def authenticate_token(platform: Platform, token: str) -> RequestScope:
-    with platform.engine.connect() as conn:
-        info = token_repo.verify_token(conn, token, now=platform.now())
-    if info is None:
-        raise Unauthenticated("the bearer token is unknown, revoked or expired")
-    return RequestScope(principal=f"token:{info.name}", scopes=info.scopes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -15,11 +16,10 @@ from openami.headend.keys import make_target
 from openami.headend.reader import MeterTarget
 from openami.security import keys as key_management
 from openami.security.keystore import KeyIntegrityError, MasterKeyProvider, MeterKeys, store_meter_keys
+from openami.security.policy import authorize, visible_meters
 from openami.services.context import RequestScope
 
 _log = structlog.get_logger("openami.services")
-SCOPE_READ = "meters:read"
-SCOPE_IMPORT = "meters:import"
 
 
 def import_commissioning(
@@ -58,19 +58,24 @@ def load_targets(engine: Engine, keystore: MasterKeyProvider) -> dict[int, Meter
     return targets
 
 
-def list_meters(engine: Engine, scope: RequestScope, *, after_id: int | None, limit: int) -> list[Meter]:
-    scope.require(SCOPE_READ)
+def list_meters(
+    engine: Engine, scope: RequestScope, *, after_id: int | None, limit: int, now: datetime | None = None
+) -> list[Meter]:
+    """The meters ``scope`` may see (its area or premises are applied in the query), by id."""
     with engine.connect() as conn:
-        return meter_repo.list_meters(conn, after_id=after_id, limit=limit)
+        authorize(conn, scope, "meter.list", now=now or datetime.now(UTC))
+        visible = visible_meters(scope, "meter.list")
+        return meter_repo.list_meters(conn, after_id=after_id, limit=limit, visible=visible)
 
 
-def count_meters(engine: Engine, scope: RequestScope) -> int:
-    scope.require(SCOPE_READ)
+def count_meters(engine: Engine, scope: RequestScope, *, now: datetime | None = None) -> int:
     with engine.connect() as conn:
-        return meter_repo.count_meters(conn)
+        authorize(conn, scope, "meter.list", now=now or datetime.now(UTC))
+        return meter_repo.count_meters(conn, visible=visible_meters(scope, "meter.list"))
 
 
-def get_meter(engine: Engine, scope: RequestScope, meter_id: int) -> Meter:
-    scope.require(SCOPE_READ)
+def get_meter(engine: Engine, scope: RequestScope, meter_id: int, *, now: datetime | None = None) -> Meter:
+    """One meter; NotFound also for a meter outside the scope (its existence is not revealed)."""
     with engine.connect() as conn:
-        return meter_repo.get_meter(conn, meter_id)
+        authorize(conn, scope, "meter.read", now=now or datetime.now(UTC))
+        return meter_repo.get_meter(conn, meter_id, visible=visible_meters(scope, "meter.read"))

@@ -17,14 +17,15 @@ import uvicorn
 from sqlalchemy.engine import Engine
 
 from openami.api.app import create_app
-from openami.db import tokens as token_repo
 from openami.domain.messages import CollectedReadings
 from openami.services.bootstrap import build_platform, ensure_admin_token, stop_platform
-from openami.services.context import Platform
+from openami.services.context import ALL_SCOPES, Platform, RequestScope, Role
+from openami.services.identity import issue_token
 from openami.services.meters import import_commissioning
 from openami.settings import Settings
 
 PROBLEM = "application/problem+json"
+TOKEN_ADMIN = RequestScope("cli:test", frozenset({Role.SECURITY_ADMIN}), frozenset({ALL_SCOPES}))
 
 
 def _free_port() -> int:
@@ -116,16 +117,14 @@ async def test_health_is_public_and_everything_else_needs_a_token(api: tuple[str
 async def test_expired_token_and_missing_scope_are_refused(api: tuple[str, Platform, str]) -> None:
     base, platform, _ = api
     now = datetime.now(UTC)
-    with platform.engine.begin() as conn:
-        _, narrow = token_repo.create_token(conn, "narrow", ["collection:read"], now=now)
-        _, expired = token_repo.create_token(
-            conn, "old", ["*"], now=now - timedelta(days=2), expires_at=now - timedelta(days=1)
-        )
+    # tokens of the first-run admin (security_admin + ami_operator): one narrowed by its scopes, one expired
+    narrow = issue_token(platform.engine, TOKEN_ADMIN, "admin", ttl=None, scopes=["collection.read"], now=now).token
+    expired = issue_token(platform.engine, TOKEN_ADMIN, "admin", ttl=timedelta(days=1), now=now - timedelta(days=2)).token
     async with httpx.AsyncClient(base_url=base) as client:
         forbidden = await client.get("/v1/meters", headers={"Authorization": f"Bearer {narrow}"})
         assert forbidden.status_code == 403
         assert forbidden.headers["content-type"] == PROBLEM
-        assert "meters:read" in forbidden.json()["detail"]
+        assert "meter.list" in forbidden.json()["detail"]
         assert (
             await client.get("/v1/collection/runs", headers={"Authorization": f"Bearer {narrow}"})
         ).status_code == 200

@@ -18,7 +18,7 @@ from openami.services import readings as reading_services
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"content": {PROBLEM_JSON: {}}, "description": text}
-    for code, text in ((401, "missing or invalid token"), (403, "scope missing"), (404, "unknown meter"))
+    for code, text in ((401, "missing or invalid token"), (403, "not allowed"), (404, "unknown meter"))
 }
 router = APIRouter(prefix="/v1/meters", tags=["meters"], responses=_ERRORS)
 MeterId = Annotated[int, Path(ge=1, description="the platform's meter id")]
@@ -47,15 +47,15 @@ def list_meters(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> MeterPage:
     """Meters by id, keyset-paged."""
-    meters = meter_services.list_meters(platform.engine, scope, after_id=after_id, limit=limit)
-    total = meter_services.count_meters(platform.engine, scope)
+    meters = meter_services.list_meters(platform.engine, scope, after_id=after_id, limit=limit, now=platform.now())
+    total = meter_services.count_meters(platform.engine, scope, now=platform.now())
     next_after = meters[-1].id if len(meters) == limit else None
     return MeterPage(items=[_meter_out(m) for m in meters], total=total, next_after_id=next_after)
 
 
 @router.get("/{meter_id}", response_model=MeterOut)
 def get_meter(platform: PlatformDep, scope: Scope, meter_id: MeterId) -> MeterOut:
-    return _meter_out(meter_services.get_meter(platform.engine, scope, meter_id))
+    return _meter_out(meter_services.get_meter(platform.engine, scope, meter_id, now=platform.now()))
 
 
 @router.get(
@@ -63,7 +63,7 @@ def get_meter(platform: PlatformDep, scope: Scope, meter_id: MeterId) -> MeterOu
     response_model=ReadingsOut,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"}},
 )
-def meter_readings(
+def meter_readings(  # noqa: PLR0913, PLR0917 - one parameter per query parameter
     platform: PlatformDep,
     scope: Scope,
     meter_id: MeterId,
@@ -71,10 +71,13 @@ def meter_readings(
     end: Annotated[datetime, Query(alias="to", description="ISO 8601 with time zone")],
     channel: Annotated[Literal["import", "export"] | None, Query()] = None,
     fmt: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+    purpose: Annotated[str | None, Query(max_length=32, description="declared purpose, e.g. 'safety'")] = None,
 ) -> Response | ReadingsOut:
-    """Interval values (current versions) with quality flags, source and version."""
+    """Interval values (current versions) with quality flags, source and version (personal data: audited)."""
     code = {"import": ChannelCode.ACTIVE_IMPORT, "export": ChannelCode.ACTIVE_EXPORT}.get(channel or "")
-    values = reading_services.meter_readings(platform.engine, scope, meter_id, start, end, code)
+    values = reading_services.meter_readings(
+        platform.engine, scope, meter_id, start, end, code, purpose=purpose, now=platform.now()
+    )
     if fmt == "csv":
         return PlainTextResponse(reading_services.readings_csv(values), media_type="text/csv")
     return ReadingsOut(

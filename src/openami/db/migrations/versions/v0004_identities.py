@@ -21,7 +21,7 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def _fk(column: str, target: str, table: str) -> sa.ForeignKeyConstraint:
-    return sa.ForeignKeyConstraint([column], [target], name=f"fk_{table}_{column}_{target.split('.')[0]}")
+    return sa.ForeignKeyConstraint([column], [target], name=f"fk_{table}_{column}_{target.split('.', maxsplit=1)[0]}")
 
 
 def _accounts() -> None:
