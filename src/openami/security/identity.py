@@ -10,7 +10,6 @@ the user is unknown, the password wrong, or the account locked or disabled.
 
 from __future__ import annotations
 
-import functools
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -19,14 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
-from argon2 import PasswordHasher, Type
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.engine import Connection
 
 from openami.db import tables as t
 from openami.db import tokens as token_repo
 from openami.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from openami.security import audit, events
+from openami.security.passwords import hash_password, needs_rehash, verify_password
 from openami.security.policy import ACTIONS, ALL_SCOPES, RequestScope, Role
 from openami.settings import IdentitySettings
 
@@ -55,7 +53,6 @@ __all__ = [
 
 LOGIN_REFUSED = "invalid username or password"
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-MAX_PASSWORD_LENGTH = 1024
 _AREA_ROLES = frozenset({Role.NETWORK_OPERATOR, Role.GAS_NETWORK_OPERATOR})
 _acc = t.accounts
 
@@ -122,37 +119,6 @@ class IssuedToken:
     id: int
     token: str  # shown once; only its hash is stored
     expires_at: datetime | None
-
-
-# -- passwords -------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _hasher(time_cost: int, memory_kib: int, parallelism: int) -> tuple[PasswordHasher, str]:
-    """The argon2id hasher for these parameters, and a hash of a random password to verify against
-    when there is no real hash (unknown user), so that such a login costs the same time."""
-    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID)
-    return hasher, hasher.hash(secrets.token_urlsafe(24))
-
-
-def _hasher_for(settings: IdentitySettings) -> tuple[PasswordHasher, str]:
-    return _hasher(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
-
-
-def hash_password(password: str, settings: IdentitySettings) -> str:
-    """argon2id PHC string; InvalidInput for a password that is too short or too long."""
-    if not settings.min_password_length <= len(password) <= MAX_PASSWORD_LENGTH:
-        raise InvalidInput(
-            f"a password has {settings.min_password_length} to {MAX_PASSWORD_LENGTH} characters"
-        )  # fmt: skip
-    return _hasher_for(settings)[0].hash(password)
-
-
-def _verify(hasher: PasswordHasher, stored: str, password: str) -> bool:
-    try:
-        return hasher.verify(stored, password[:MAX_PASSWORD_LENGTH])
-    except (VerificationError, InvalidHashError):
-        return False
 
 
 # -- accounts and roles ----------------------------------------------------------------------------
@@ -298,23 +264,22 @@ def authenticate(
     fail without counting. Failures are written in ``conn``: commit it even when this raises.
     """
     settings = settings or IdentitySettings()
-    hasher, dummy = _hasher_for(settings)
     row = None
     if USERNAME.fullmatch(username):
         cols = (_acc.c.id, _acc.c.password_hash, _acc.c.enabled, _acc.c.locked_until)
         row = conn.execute(sa.select(*cols).where(_acc.c.username == username, _acc.c.kind == "user")).one_or_none()
     if row is None or row.password_hash is None or not row.enabled:
-        _verify(hasher, dummy, password)
+        verify_password(None, password, settings)  # the same work as a real check
         _refuse(conn, username, "unknown-user" if row is None else "no-login", now)
     if row.locked_until is not None and row.locked_until > now:
-        _verify(hasher, dummy, password)
+        verify_password(None, password, settings)
         _refuse(conn, username, "locked", now)
-    if not _verify(hasher, row.password_hash, password):
+    if not verify_password(row.password_hash, password, settings):
         _count_failure(conn, int(row.id), username, settings, now)
         _refuse(conn, username, "wrong-password", now)
     values: dict[str, Any] = {"failed_logins": 0, "locked_until": None, "last_login_at": now}
-    if hasher.check_needs_rehash(row.password_hash):
-        values["password_hash"] = hasher.hash(password)
+    if needs_rehash(row.password_hash, settings):
+        values["password_hash"] = hash_password(password, settings)
     conn.execute(sa.update(_acc).where(_acc.c.id == row.id).values(**values))
     principal = load_principal(conn, int(row.id))
     assert principal is not None  # enabled, checked above
