@@ -9,6 +9,7 @@ audited, and no key reaches a log line, an error or a repr.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -115,7 +116,7 @@ async def test_group_rotation_with_offline_meters_and_a_lost_answer_loses_no_met
             # 1. rotate the whole group while meters 5-9 are offline
             rotation_id = key_services.request_rotation(platform, ADMIN, meter_ids=online + offline)
             outcomes = await key_services.run_rotation(platform, rotation_id)
-            assert outcomes == {"rotated": 4, "pending": 5, "uncertain": 1, "failed": 0}
+            assert outcomes == {"rotated": 4, "pending": 5, "uncertain": 1, "failed": 0, "cancelled": 0}
             report = key_services.rotation_report(platform, ADMIN, rotation_id)
             assert report.counts == {"rotated": 4, "pending": 5, "uncertain": 1, "failed": 0, "cancelled": 0}
             states = {m.meter_id: m.state for m in report.meters}
@@ -148,7 +149,7 @@ async def test_group_rotation_with_offline_meters_and_a_lost_answer_loses_no_met
             returned = start_fleet_processes(back, processes=1)
             try:
                 assert await key_services.run_rotation(platform) == {
-                    "rotated": 5, "pending": 0, "uncertain": 0, "failed": 0,
+                    "rotated": 5, "pending": 0, "uncertain": 0, "failed": 0, "cancelled": 0,
                 }  # fmt: skip
                 report = key_services.rotation_report(platform, ADMIN, rotation_id)
                 assert report.counts == {"rotated": 10, "pending": 0, "uncertain": 0, "failed": 0, "cancelled": 0}
@@ -257,3 +258,31 @@ def test_cli_rotates_meters_and_shows_their_key_versions(
     document = json.loads(handle.commissioning_path.read_text(encoding="utf-8"))
     for text in (rotated.output, status.output, lost.output, retried.output, listing.output):
         assert not any(key in text.lower() for m in document["meters"] for key in m["keys"].values())
+
+
+async def test_two_runs_at_once_send_each_meter_its_keys_once(
+    engine: Engine, tmp_path: Path, fleet: tuple[FleetHandle, Fleet]
+) -> None:
+    handle, _built = fleet
+    assert handle.commissioning_path is not None
+    document = json.loads(handle.commissioning_path.read_text(encoding="utf-8"))
+    settings = _settings(tmp_path)
+    import_commissioning(engine, master_key_provider(settings), document, now=datetime.now(UTC))
+    platform = build_platform(settings, engine=engine)
+    try:
+        ids = sorted(platform.collector.targets)
+        healthy = [m for m in ids if platform.collector.targets[m].serial != handle.fleet.meters[LOSSY].serial]
+        rotation_id = key_services.request_rotation(platform, ADMIN, meter_ids=healthy)
+        first, second = await asyncio.gather(
+            key_services.run_rotation(platform, rotation_id), key_services.run_rotation(platform, rotation_id)
+        )
+        assert (
+            first["rotated"] == second["rotated"] == len(healthy)
+        )  # each meter: rotated by one, found so by the other
+        assert first["uncertain"] == second["uncertain"] == first["failed"] == second["failed"] == 0
+        summary = await platform.collector.collect(healthy)
+        assert (summary.received, summary.failed) == (len(healthy), 0)
+    finally:
+        await stop_platform(platform)
+    proven = [e for e in _audit(engine) if e.resource.startswith("meter:")]
+    assert len(proven) == len(healthy)

@@ -61,6 +61,16 @@ class Outcome(enum.StrEnum):
     PENDING = "pending"
     UNCERTAIN = "uncertain"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_OUTCOMES = {
+    keys.RotationState.QUEUED: Outcome.PENDING,
+    keys.RotationState.UNCERTAIN: Outcome.UNCERTAIN,
+    keys.RotationState.ROTATED: Outcome.ROTATED,
+    keys.RotationState.FAILED: Outcome.FAILED,
+    keys.RotationState.CANCELLED: Outcome.CANCELLED,
+}
 
 
 def make_target(meter: Meter, key_set: KeySet) -> MeterTarget:
@@ -181,6 +191,10 @@ class KeyRotator:
             await self._db(keys.mark_unreachable, rotation.id, "the head-end does not know this meter yet")
             return Outcome.PENDING if rotation.state is keys.RotationState.QUEUED else Outcome.UNCERTAIN
         async with self._collector.meter_lock(rotation.meter_id):
+            current = await asyncio.to_thread(self._current, rotation.id)  # another run may have moved it on
+            if current is None or current.state not in keys.OPEN:
+                return Outcome.CANCELLED if current is None else _OUTCOMES[current.state]
+            rotation = current
             target = self._collector.targets[rotation.meter_id]
             new = await asyncio.to_thread(self._new_keys, rotation)
             if rotation.state is keys.RotationState.UNCERTAIN:
@@ -296,6 +310,10 @@ class KeyRotator:
             server_invocation_counter=-1 if counters.server_ic_last is None else counters.server_ic_last,
             timeout_s=self._timeout_s,
         )
+
+    def _current(self, meter_rotation_id: int) -> MeterRotation | None:
+        with self._engine.connect() as conn:
+            return keys.get_rotation(conn, meter_rotation_id)
 
     def _new_keys(self, rotation: MeterRotation) -> MeterKeys:
         with self._engine.connect() as conn:

@@ -44,6 +44,7 @@ from openami.security.keystore import MasterKeyProvider, MeterKeys
 
 __all__ = [
     "EMERGENCY_PRIORITY",
+    "OPEN",
     "KeySet",
     "MeterRotation",
     "PendingKeySet",
