@@ -61,7 +61,8 @@ def test_request_stores_new_keys_pending_and_active_keys_stay_in_use(engine: Eng
     a, b = _meters(engine, 2)
     rotation_id = _request(engine, [a, b])
     assert _states(engine, a) == {
-        ("guek", 1): "active", ("gak", 1): "active", ("kek", 1): "active", ("guek", 2): "pending", ("gak", 2): "pending",
+        ("guek", 1): "active", ("gak", 1): "active", ("kek", 1): "active",
+        ("guek", 2): "pending", ("gak", 2): "pending",
     }  # fmt: skip
     with engine.connect() as conn:
         assert load_meter_keys(conn, PROVIDER, a) == OLD  # reads keep using the active keys
@@ -209,9 +210,61 @@ def test_key_status_shows_versions_and_states_never_keys(engine: Engine) -> None
     with engine.connect() as conn:
         status = reports.key_status(conn, meter)
     assert [(v.kind, v.version, v.state) for v in status.versions] == [
-        ("gak", 1, "active"), ("gak", 2, "pending"), ("guek", 1, "active"), ("guek", 2, "pending"), ("kek", 1, "active"),
+        ("gak", 1, "active"), ("gak", 2, "pending"), ("guek", 1, "active"), ("guek", 2, "pending"),
+        ("kek", 1, "active"),
     ]  # fmt: skip
     assert status.rotation is not None
     assert status.rotation.state == "pending"
     text = repr(status)
     assert all(k.hex() not in text for k in (OLD.guek, OLD.gak, OLD.kek))
+
+
+def test_migration_0006_keeps_existing_keys_and_counters_usable_and_downgrades(empty_db_url: str) -> None:
+    from alembic import command  # noqa: PLC0415
+
+    from openami.db.engine import create_engine  # noqa: PLC0415
+    from openami.db.migrations import alembic_config, upgrade  # noqa: PLC0415
+
+    engine = create_engine(empty_db_url)
+    try:
+        upgrade(engine, "0005")
+        with engine.begin() as conn:  # a database from before key management: two GUEK versions (an import)
+            (meter,) = add_meters(conn, 1)
+            for kind, version in (("guek", 1), ("guek", 2), ("gak", 1)):
+                key = bytes([version]) * 16
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO meter_keys (meter_id, key_kind, key_version, kek_id, wrapped, created_at) "
+                        "VALUES (:m, :k, :v, :kek, :w, :t)"
+                    ).bindparams(sa.bindparam("t", type_=meter_keys.c.created_at.type)),
+                    {"m": meter, "k": kind, "v": version, "kek": PROVIDER.key_id,
+                     "w": PROVIDER.wrap(key, _aad(meter, kind, version)), "t": NOW},
+                )  # fmt: skip
+            conn.execute(
+                sa.text(
+                    "INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at) "
+                    "VALUES (:m, 10, 5, :t)"
+                ).bindparams(sa.bindparam("t", type_=meter_keys.c.created_at.type)),
+                {"m": meter, "t": NOW},
+            )
+        upgrade(engine)
+        assert _states(engine, meter) == {("guek", 1): "retired", ("guek", 2): "active", ("gak", 1): "active"}
+        with engine.connect() as conn:
+            assert load_meter_keys(conn, PROVIDER, meter) == MeterKeys(bytes([2]) * 16, bytes([1]) * 16)
+            assert counter_repo.get_for_key(conn, meter) == (counter_repo.Counters(10, 5), 2)
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0005")
+        with engine.connect() as conn:
+            assert "meter_key_rotations" not in sa.inspect(conn).get_table_names()
+            assert "state" not in {c["name"] for c in sa.inspect(conn).get_columns("meter_keys")}
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _aad(meter_id: int, kind: str, version: int) -> bytes:
+    from openami.security.keystore import _aad as aad  # noqa: PLC0415 - the blob format under test
+
+    return aad(meter_id, kind, version)
