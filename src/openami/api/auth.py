@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from openami.services import identity as identity_services
+from openami.services import pki as pki_services
 from openami.services.context import Platform, RequestScope
 
 # Declares the scheme in OpenAPI; the header itself is parsed (strictly) by the identity service.
@@ -30,6 +31,9 @@ def require_scope(
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> RequestScope:
     """Fail closed: no token, a malformed, unknown, revoked or expired one is a 401 problem."""
+    by_certificate = _certificate_scope(request, platform)
+    if by_certificate is not None:
+        return by_certificate
     return identity_services.authenticate_bearer(
         platform.engine,
         request.headers.getlist("authorization"),
@@ -37,6 +41,19 @@ def require_scope(
         path=request.url.path,
         now=platform.now(),
     )
+
+
+def _certificate_scope(request: Request, platform: Platform) -> RequestScope | None:
+    """Mutual TLS: a request with no Authorization header, on a connection whose client certificate
+    the TLS handshake verified, is authenticated by that certificate (docs/adr/0004). None: no such
+    certificate, so the bearer token decides."""
+    if "authorization" in request.headers:
+        return None
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or ()
+    if not chain:
+        return None
+    return pki_services.authenticate_certificate(platform, chain[0], method=request.method, path=request.url.path)
 
 
 Scope = Annotated[RequestScope, Depends(require_scope)]

@@ -16,6 +16,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "openami.cli.platform": ("run", "meters", "readings"),
     "openami.cli.keys": ("keys",),
     "openami.cli.audit": ("audit", "security"),
+    "openami.cli.pki": ("pki",),
 }
 
 

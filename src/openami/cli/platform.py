@@ -239,11 +239,19 @@ def _start_fleet(settings: Settings, engine: Any, count: int, seed: int, port: i
 
 async def _serve(platform: Platform) -> None:
     from openami.api.app import create_app  # noqa: PLC0415 - FastAPI only for the serving command
+    from openami.api.tls import uvicorn_tls_options  # noqa: PLC0415
+    from openami.services.pki import prepare_server_tls  # noqa: PLC0415
 
     settings = platform.settings
+    try:
+        server_tls = prepare_server_tls(platform)  # HTTPS (CA and certificate on first run); HTTP on loopback only
+    except OpenAmiError:
+        await stop_platform(platform)
+        raise
     config = uvicorn.Config(
-        create_app(platform), host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off"
-    )
+        create_app(platform), host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off",
+        **uvicorn_tls_options(server_tls),
+    )  # fmt: skip
     server = uvicorn.Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -252,9 +260,11 @@ async def _serve(platform: Platform) -> None:
     server_task = asyncio.create_task(server.serve())
     scheduler_task = asyncio.create_task(platform.scheduler.run_forever(stop))
     _err.print(
-        f"API on http://{settings.api.host}:{settings.api.port} (OpenAPI at /docs); "
+        f"API on {'https' if server_tls else 'http'}://{settings.api.host}:{settings.api.port} (OpenAPI at /docs); "
         f"{len(platform.collector.targets)} meters; Ctrl-C stops"
     )
+    if server_tls is not None:
+        _err.print(f"clients trust the utility CA's certificate: {server_tls.ca_cert_file}")
     progress_task = asyncio.create_task(_show_progress(platform, stop))
     await stop.wait()
     _err.print("stopping...")
