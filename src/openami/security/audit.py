@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,11 +62,28 @@ _BUMP_HEAD = sa.text("UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RET
 _CREATE_HEAD = sa.text(
     "INSERT INTO audit_chain_head (id, seq, hash) VALUES (1, 0, :genesis) ON CONFLICT (id) DO NOTHING"
 )
-_SET_HEAD = sa.text("UPDATE audit_chain_head SET hash = :hash WHERE id = 1")
-_INSERT = sa.text(
-    "INSERT INTO audit_log (seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev_hash, hash) "
-    "VALUES (:seq, :at_us, :actor, :action, :outcome, :resource, :subject, :purpose, :details, :prev_hash, :hash)"
-)
+_COLUMNS = "seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev_hash, hash"
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """The append's three statements in the driver's own parameter style: ``record`` runs them on the
+    DBAPI cursor of the caller's connection (same transaction), skipping Core's per-statement cost."""
+
+    bump: str
+    insert: str
+    set_head: str
+
+
+def _sql(mark: str) -> _Sql:
+    return _Sql(
+        bump="UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash",
+        insert=f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join([mark] * 11)})",  # noqa: S608 - constants
+        set_head=f"UPDATE audit_chain_head SET hash = {mark} WHERE id = 1",  # noqa: S608 - constants
+    )
+
+
+_SQL = {"sqlite": _sql("?"), "postgresql": _sql("%s")}
 _INSERT_CHECKPOINT = sa.text(
     "INSERT INTO audit_checkpoints (seq, hash, signed_at_us, key_id, signature) "
     "VALUES (:seq, :hash, :signed_at_us, :key_id, :signature) ON CONFLICT (seq) DO NOTHING"
@@ -166,50 +183,32 @@ def record(conn: Connection, entry: AuditEntry, *, now: datetime) -> int:
     """
     details = _validated(entry)
     at_us = to_epoch_us(now)
-    row = conn.execute(_BUMP_HEAD).one_or_none()
-    if row is None:
-        row = _create_head(conn)
-    seq, prev_hash = int(row[0]), bytes(row[1])
-    digest = entry_hash(
-        prev_hash,
-        canonical_entry(
-            (
-                seq,
-                at_us,
-                entry.actor,
-                entry.action,
-                entry.outcome,
-                entry.resource,
-                entry.subject,
-                entry.purpose,
-                details,
-            )
-        ),
-    )
-    conn.execute(
-        _INSERT,
-        {
-            "seq": seq,
-            "at_us": at_us,
-            "actor": entry.actor,
-            "action": entry.action,
-            "outcome": entry.outcome,
-            "resource": entry.resource,
-            "subject": entry.subject,
-            "purpose": entry.purpose,
-            "details": details,
-            "prev_hash": prev_hash,
-            "hash": digest,
-        },
-    )
-    conn.execute(_SET_HEAD, {"hash": digest})
+    sql = _SQL[conn.dialect.name]
+    if not conn.in_transaction():
+        conn.begin()  # what conn.execute would do (autobegin): the caller's commit or rollback decides
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(sql.bump)
+        row = cursor.fetchone()
+        if row is None:
+            row = _create_head(conn)
+        seq, prev_hash = int(row[0]), bytes(row[1])
+        fields = (seq, at_us, entry.actor, entry.action, entry.outcome, entry.resource, entry.subject, entry.purpose,
+                  details)  # fmt: skip
+        digest = entry_hash(prev_hash, canonical_entry(fields))
+        cursor.execute(sql.insert, (*fields, prev_hash, digest))
+        cursor.execute(sql.set_head, (digest,))
+    finally:
+        cursor.close()
     signer, every = _policy.signer, _policy.every
     if signer is not None and seq % every == 0:
         _write_checkpoint(conn, signer, seq, digest, at_us)
     return seq
 
 
-def _create_head(conn: Connection) -> sa.Row[Any]:
+def _create_head(conn: Connection) -> Sequence[Any]:
     """The head row is made by the migration; recreate it only for a chain that is still empty."""
     if conn.execute(sa.select(audit_log.c.seq).limit(1)).first() is not None:
         raise AuditChainError("the audit chain head is missing while entries exist: refusing to append")

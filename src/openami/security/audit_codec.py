@@ -18,6 +18,7 @@ implementations can disagree on how a float is written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -46,6 +47,7 @@ MAX_DETAILS_BYTES = 8192
 MAX_DETAIL_ITEMS = 64
 
 CANONICAL_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_esc = json.encoder.encode_basestring  # JSON string with JCS escaping (the encoder's, ensure_ascii=False)
 _DETAILS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
 _CHECKPOINT_DOMAIN = b"openami-audit-checkpoint\x00v1\x00"
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -76,6 +78,7 @@ def is_secret_name(name: str) -> bool:
     return any(w in _SECRET_WORDS for w in words) or "password" in name.lower() or "secret" in name.lower()
 
 
+@functools.lru_cache(maxsize=8192)
 def check_text(value: str | None, field: str, *, max_length: int, required: bool = False) -> None:
     """Raise ValueError unless ``value`` is a short, printable string (or None when not required)."""
     if value is None:
@@ -94,6 +97,16 @@ def check_text(value: str | None, field: str, *, max_length: int, required: bool
         raise ValueError(f"audit {field} is not valid Unicode text") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_problem(key: str) -> str | None:
+    """Why ``key`` may not name a details item, or None (cached: the same few keys recur)."""
+    if not _DETAIL_KEY.fullmatch(key):
+        return f"audit details key {key!r} is not a lower-case identifier"
+    if is_secret_name(key):
+        return f"audit details may not hold secrets: refusing key {key!r}"
+    return None
+
+
 def canonical_details(details: Mapping[str, str | int | float | bool | None]) -> str:
     """The details' canonical JSON text; raises ValueError for a secret-like key or a bad value."""
     if not details:
@@ -101,21 +114,19 @@ def canonical_details(details: Mapping[str, str | int | float | bool | None]) ->
     if len(details) > MAX_DETAIL_ITEMS:
         raise ValueError(f"audit details hold at most {MAX_DETAIL_ITEMS} items")
     for key, value in details.items():
-        if not isinstance(key, str) or not _DETAIL_KEY.fullmatch(key):
-            raise ValueError(f"audit details key {key!r} is not a lower-case identifier")
-        if is_secret_name(key):
-            raise ValueError(f"audit details may not hold secrets: refusing key {key!r}")
+        problem = _key_problem(key) if isinstance(key, str) else f"audit details key {key!r} is not a string"
+        if problem is not None:
+            raise ValueError(problem)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"audit details value of {key!r} is not a finite number")
         if value is not None and not isinstance(value, str | int | float):
             raise ValueError(f"audit details value of {key!r} has unsupported type {type(value).__name__}")
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"audit details value of {key!r} is not valid Unicode text") from None
-    text = _DETAILS_ENCODER.encode(dict(details))
-    if len(text.encode("utf-8")) > MAX_DETAILS_BYTES:
+    text = _DETAILS_ENCODER.encode(details if type(details) is dict else dict(details))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("audit details are not valid Unicode text") from None
+    if size > MAX_DETAILS_BYTES:
         raise ValueError(f"audit details exceed {MAX_DETAILS_BYTES} bytes")
     return text
 
@@ -125,8 +136,17 @@ EntryFields = tuple[int, int, str, str, str, str | None, str | None, str | None,
 
 
 def canonical_entry(fields: EntryFields) -> bytes:
-    """The bytes an entry's hash covers after the previous hash (see the module docstring)."""
-    return CANONICAL_ENCODER.encode([FORMAT_VERSION, *fields]).encode("utf-8")
+    """The bytes an entry's hash covers after the previous hash (see the module docstring).
+
+    Built directly (the same bytes as ``CANONICAL_ENCODER.encode([FORMAT_VERSION, *fields])``, which
+    a test checks) because ``verify`` runs it once per entry: about half the cost of the encoder.
+    """
+    seq, at_us, actor, action, outcome, resource, subject, purpose, details = fields
+    return (
+        f"[{FORMAT_VERSION},{seq:d},{at_us:d},{_esc(actor)},{_esc(action)},{_esc(outcome)},"
+        f"{'null' if resource is None else _esc(resource)},{'null' if subject is None else _esc(subject)},"
+        f"{'null' if purpose is None else _esc(purpose)},{_esc(details)}]"
+    ).encode()
 
 
 def entry_hash(prev_hash: bytes, canonical: bytes) -> bytes:

@@ -19,25 +19,41 @@ and is reported with the sequence number of the first bad entry:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.engine import Connection
 
 from openami.db.tables import audit_chain_head, audit_checkpoints
-from openami.security.audit_codec import CANONICAL_ENCODER, FORMAT_VERSION, GENESIS_HASH, checkpoint_message
+from openami.security.audit_codec import GENESIS_HASH, canonical_entry, checkpoint_message
 from openami.security.audit_keys import key_id_of, verify_signature
 
 __all__ = ["VerifyResult", "verify"]
 
 BATCH = 20_000
-_ROWS = sa.text(
-    "SELECT seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev_hash, hash "
-    "FROM audit_log WHERE seq >= :start ORDER BY seq"
+_ROW = sa.text(
+    "SELECT seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev_hash FROM audit_log "
+    "WHERE seq = :seq"
 )
+# Each entry's canonical text as the database renders it: SQLite's json_array and PostgreSQL's to_json
+# escape strings exactly as the canonical encoding does (quote, backslash and control characters only).
+# Run on the DBAPI cursor, hence the drivers' own placeholders (SQLite needs json_array: 3.38 or newer).
+_CANONICAL = {
+    "sqlite": (
+        "SELECT seq, json_array(1, seq, at_us, actor, action, outcome, resource, subject, purpose, details), hash "
+        "FROM audit_log WHERE seq >= ? ORDER BY seq"
+    ),
+    "postgresql": (
+        "SELECT seq, concat('[1,', seq, ',', at_us, ',', to_json(actor), ',', to_json(action), ',', "
+        "to_json(outcome), ',', coalesce(to_json(resource)::text, 'null'), ',', "
+        "coalesce(to_json(subject)::text, 'null'), ',', coalesce(to_json(purpose)::text, 'null'), ',', "
+        "to_json(details), ']'), hash FROM audit_log WHERE seq >= %s ORDER BY seq"
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,40 +139,74 @@ class _Walk(NamedTuple):
 
 
 def _walk(conn: Connection, start: int, anchor: bytes, checkpoints: list[_Checkpoint]) -> _Walk:
-    """Stream entries from ``start`` and recompute the chain; stops at the first bad entry."""
-    encode = CANONICAL_ENCODER.encode
+    """Stream entries from ``start`` and recompute the chain; stops at the first bad entry.
+
+    The database renders each entry's canonical text (``_CANONICAL``) and this process hashes it
+    after the running hash: one comparison proves both the link and the content. Any mismatch is
+    re-checked from the row's own fields with ``canonical_entry`` before it is called bad, so the
+    database's JSON rendering only ever speeds things up and cannot hide or invent a problem.
+    """
     sha256 = hashlib.sha256
-    version = FORMAT_VERSION
     pending = iter(checkpoints)
     next_cp = next(pending, None)
     cp_seq = next_cp.seq if next_cp else -1
     vouched = start - 1  # newest entry a signed checkpoint has confirmed
     expected, running, before = start, anchor, b""
     count = 0
-    result = conn.execution_options(yield_per=BATCH).execute(_ROWS, {"start": start})
-    try:
-        for batch in result.partitions():
-            for seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev, stored in batch:
-                canonical = encode([version, seq, at_us, actor, action, outcome, resource, subject, purpose, details])
-                digest = sha256(prev + canonical.encode()).digest()
-                if seq != expected or prev != running or digest != stored:
-                    problem = _diagnose(seq, expected, bytes(prev), running, before, digest == stored)
+    for batch in _batches(conn, start):
+        for seq, text, stored in batch:
+            digest = sha256(running + text.encode()).digest()
+            if digest != stored or seq != expected:
+                problem = _recheck(conn, seq, expected, running, before, bytes(stored))
+                if problem is not None:
                     return _Walk(count, expected - 1, running, problem)
-                if seq == cp_seq:
-                    if digest != next_cp.hash:  # type: ignore[union-attr]
-                        text = (
-                            f"entries {vouched + 1}..{seq} were rewritten: the chain at entry {seq} "
-                            "does not match its signed checkpoint"
-                        )
-                        return _Walk(count, expected - 1, running, _Problem(vouched + 1, text))
-                    vouched = seq
-                    next_cp = next(pending, None)
-                    cp_seq = next_cp.seq if next_cp else -1
-                before, running, expected = running, digest, seq + 1
-                count += 1
-    finally:
-        result.close()
+                digest = bytes(stored)  # the database rendered the text differently; the fields are fine
+            if seq == cp_seq:
+                if digest != next_cp.hash:  # type: ignore[union-attr]
+                    message = (
+                        f"entries {vouched + 1}..{seq} were rewritten: the chain at entry {seq} "
+                        "does not match its signed checkpoint"
+                    )
+                    return _Walk(count, expected - 1, running, _Problem(vouched + 1, message))
+                vouched = seq
+                next_cp = next(pending, None)
+                cp_seq = next_cp.seq if next_cp else -1
+            before, running, expected = running, digest, seq + 1
+            count += 1
     return _Walk(count, expected - 1, running, None)
+
+
+def _batches(conn: Connection, start: int) -> Iterator[list[tuple[int, str, bytes]]]:
+    """Rows (seq, canonical text, hash) from ``start``, in batches, straight from the DBAPI cursor of
+    ``conn`` (a server-side cursor on PostgreSQL, so a long chain is never held in memory)."""
+    if not conn.in_transaction():
+        conn.begin()
+    dbapi: Any = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        cursor = dbapi.cursor(name="openami_audit_verify")
+        cursor.itersize = BATCH
+    else:
+        cursor = dbapi.cursor()
+    try:
+        cursor.execute(_CANONICAL[conn.dialect.name], (start,))
+        while rows := cursor.fetchmany(BATCH):
+            yield rows
+    finally:
+        cursor.close()
+
+
+def _recheck(
+    conn: Connection, seq: int, expected: int, running: bytes, before: bytes, stored: bytes
+) -> _Problem | None:
+    """None if entry ``seq`` is good after all (recomputed from its fields), else what is wrong."""
+    if seq != expected:
+        return _diagnose(seq, expected, b"", running, before, self_consistent=False)
+    row = conn.execute(_ROW, {"seq": seq}).one()
+    prev = bytes(row[-1])
+    digest = hashlib.sha256(prev + canonical_entry(tuple(row[:-1]))).digest()
+    if prev == running and digest == stored:
+        return None
+    return _diagnose(seq, expected, prev, running, before, self_consistent=digest == stored)
 
 
 def _diagnose(seq: int, expected: int, prev: bytes, running: bytes, before: bytes, self_consistent: bool) -> _Problem:

@@ -13,7 +13,9 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 
 from openami.security import audit
+from openami.security.audit_codec import canonical_entry
 from openami.security.audit_keys import AuditKeyError, EcdsaAuditSigner, load_or_create_signer
+from openami.security.audit_verify import _CANONICAL
 from tests.integration.security.audit_helpers import T0, attacker, entry, fill, insert_row, rehash, renumber, row
 
 ENTRIES = 23
@@ -311,3 +313,25 @@ def test_signing_key_file_is_created_0600_and_refused_when_readable_by_others(tm
         load_or_create_signer(path)
     with pytest.raises(AuditKeyError, match="does not exist"):
         load_or_create_signer(tmp_path / "absent.pem", create=False)
+
+
+def test_database_renders_the_canonical_text_byte_for_byte(engine: Engine) -> None:
+    """verify's fast path (the database writes the canonical JSON) agrees with the encoding for awkward text."""
+    awkward = ['quote " and backslash \\', "tab\tnew\nline\r\x08\x0c", "zoë ☃ 𝄞 \u2028\u2029 \x7f", "ünïcödé/<>&'"]
+    with engine.begin() as conn:
+        for i, text in enumerate(awkward):
+            details = {"note": text, "n": i, "ratio": 1 / 3, "flag": True, "none": None}
+            plain = "".join(c for c in text if c.isprintable() or c == " ")  # no controls outside details
+            entry = audit.AuditEntry(f"user:{plain[:20]}", "a.b", "ok", resource=plain, subject=None, details=details)
+            audit.record(conn, entry, now=T0)
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        cursor.execute(_CANONICAL[conn.dialect.name], (1,))
+        rendered = {int(seq): text.encode() for seq, text, _ in cursor.fetchall()}
+        cursor.close()
+        rows = conn.execute(
+            sa.text("SELECT seq, at_us, actor, action, outcome, resource, subject, purpose, details FROM audit_log")
+        ).all()
+    assert rendered == {int(r[0]): canonical_entry(tuple(r)) for r in rows}

@@ -112,3 +112,21 @@ def test_checkpoint_message_binds_sequence_time_and_hash() -> None:
         + digest
     )
     assert checkpoint_message(1001, digest, 1_795_392_000_000_000) != message
+
+
+@given(
+    st.tuples(
+        st.integers(min_value=1, max_value=2**62),
+        st.integers(min_value=0, max_value=2**62),
+        st.text(min_size=1),
+        st.text(min_size=1),
+        st.sampled_from(["ok", "denied", "failed"]),
+        st.none() | st.text(),
+        st.none() | st.text(),
+        st.none() | st.text(),
+        st.text(),
+    )
+)
+def test_built_encoding_equals_the_json_encoder(fields: tuple) -> None:  # type: ignore[type-arg]
+    expected = json.dumps([1, *fields], ensure_ascii=False, separators=(",", ":")).encode()
+    assert canonical_entry(fields) == expected

@@ -1,0 +1,218 @@
+"""`openami bench audit [--entries 1000000] [--db sqlite|postgres|both] [--url URL]`: audit log cost and verify speed.
+
+Measures, on a fresh database:
+
+- ``actions_per_s``: audited actions, each ``record`` in its own small transaction (like a real
+  action that writes nothing else), one after the other;
+- ``audit_us_per_action``: what ``record`` adds to a transaction that is already writing (the
+  action's own commit is not counted), the figure to compare with a collection session's CPU
+  time (~2-5 ms): ``audit_share_of_session_pct`` for 2 ms and 5 ms;
+- ``batched_entries_per_s``: ``record`` calls in transactions of ``--batch`` entries;
+- ``verify_entries_per_s``: ``verify`` over the whole chain, ``--entries`` long (default 1 M: the
+  chain is filled by a bulk path that computes the same hashes and signed checkpoints, since how the
+  rows got there does not matter to ``verify``; not timed).
+
+Checkpoints are signed every ``--every`` entries throughout. Without ``--url`` PostgreSQL is a private
+durable cluster (tests/pg.py), removed afterwards. Prints ONE JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py: the same private cluster as the test suite
+
+from openami.db.engine import create_engine  # noqa: E402
+from openami.db.migrations import upgrade  # noqa: E402
+from openami.db.tables import audit_checkpoints, audit_log  # noqa: E402
+from openami.security import audit  # noqa: E402
+from openami.security.audit_codec import (  # noqa: E402
+    GENESIS_HASH,
+    canonical_details,
+    canonical_entry,
+    checkpoint_message,
+    entry_hash,
+)
+from openami.security.audit_keys import EcdsaAuditSigner  # noqa: E402
+
+T0 = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def _entry(i: int) -> audit.AuditEntry:
+    """A typical entry: a read of one meter's personal data with a purpose and a few details."""
+    return audit.AuditEntry(
+        actor=f"user:operator{i % 50}",
+        action="readings.read",
+        outcome="ok",
+        resource=f"meter:{i % 100_000 + 1}",
+        subject=f"premise:P{i % 100_000 + 1:06d}",
+        purpose="billing",
+        details={"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z", "values": 96},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="openami bench audit", description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=1_000_000, help="chain length for verify (default 1e6)")
+    parser.add_argument("--actions", type=int, default=5_000, help="audited actions, one transaction each")
+    parser.add_argument("--batch", type=int, default=1_000, help="entries per transaction for the batched figure")
+    parser.add_argument("--every", type=int, default=1_000, help="checkpoint interval")
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="sqlite")
+    parser.add_argument("--url", help="PostgreSQL URL to use instead of a private cluster (must be empty)")
+    args = parser.parse_args()
+    signer = EcdsaAuditSigner.generate()
+    result: dict[str, object] = {"entries": args.entries, "actions": args.actions, "checkpoint_every": args.every}
+    for kind in ("sqlite", "postgres") if args.db == "both" else (args.db,):
+        with _database(kind, args.url) as url:
+            engine = create_engine(url)
+            try:
+                upgrade(engine)
+                stats = _run(engine, signer, args)
+            finally:
+                engine.dispose()
+        result.update({f"{kind}_{name}": value for name, value in stats.items()})
+    print(json.dumps(result))
+
+
+def _run(engine: Engine, signer: EcdsaAuditSigner, args: argparse.Namespace) -> dict[str, float]:
+    audit.configure(signer=signer, checkpoint_every=args.every)
+    try:
+        stats = {"actions_per_s": _single(engine, args.actions)}
+        stats.update(_in_transaction(engine, args.actions))
+        stats["batched_entries_per_s"] = _batched(engine, max(args.actions, args.batch * 5), args.batch)
+    finally:
+        audit.configure(signer=None)
+    with engine.connect() as conn:
+        written = audit.chain_head(conn)[0]
+    _bulk_fill(engine, signer, written, args.entries - written, args.every)
+    stats.update(_verify(engine, signer))
+    return stats
+
+
+def _single(engine: Engine, count: int) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        with engine.begin() as conn:
+            audit.record(conn, _entry(i), now=T0 + timedelta(microseconds=i))
+    return round(count / (time.perf_counter() - start))
+
+
+def _in_transaction(engine: Engine, count: int) -> dict[str, float]:
+    """``record`` alone, inside transactions that already hold the write lock (as an action's would)."""
+    timings = []
+    for i in range(count):
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE audit_chain_head SET seq = seq WHERE id = 1"))  # the action's own write
+            start = time.perf_counter()
+            audit.record(conn, _entry(i), now=T0)
+            timings.append(time.perf_counter() - start)
+    us = statistics.mean(timings) * 1e6
+    return {
+        "audit_us_per_action": round(us, 1),
+        "audit_us_per_action_p50": round(statistics.median(timings) * 1e6, 1),
+        "audit_share_of_2ms_session_pct": round(us / 2000 * 100, 2),
+        "audit_share_of_5ms_session_pct": round(us / 5000 * 100, 2),
+    }
+
+
+def _batched(engine: Engine, count: int, batch: int) -> float:
+    start = time.perf_counter()
+    done = 0
+    while done < count:
+        with engine.begin() as conn:
+            for i in range(done, min(done + batch, count)):
+                audit.record(conn, _entry(i), now=T0)
+        done += batch
+    return round(count / (time.perf_counter() - start))
+
+
+def _bulk_fill(engine: Engine, signer: EcdsaAuditSigner, after: int, count: int, every: int) -> None:
+    """Append ``count`` entries after entry ``after`` with the chain's own encoding, in large inserts."""
+    if count <= 0:
+        return
+    with engine.connect() as conn:
+        prev = audit.chain_head(conn)[1]
+    chunk = 20_000
+    seq = after
+    at_us = audit.to_epoch_us(T0)
+    while seq < after + count:
+        rows, checkpoints = [], []
+        for _ in range(min(chunk, after + count - seq)):
+            seq += 1
+            e = _entry(seq)
+            details = canonical_details(e.details)
+            fields = (seq, at_us, e.actor, e.action, e.outcome, e.resource, e.subject, e.purpose, details)
+            digest = entry_hash(prev, canonical_entry(fields))
+            rows.append({
+                "seq": seq, "at_us": at_us, "actor": e.actor, "action": e.action, "outcome": e.outcome,
+                "resource": e.resource, "subject": e.subject, "purpose": e.purpose, "details": details,
+                "prev_hash": prev, "hash": digest,
+            })  # fmt: skip
+            if seq % every == 0:
+                signature = signer.sign(checkpoint_message(seq, digest, at_us))
+                checkpoints.append(
+                    {"seq": seq, "hash": digest, "signed_at_us": at_us, "key_id": signer.key_id, "signature": signature}
+                )
+            prev = digest
+        with engine.begin() as conn:
+            conn.execute(sa.insert(audit_log), rows)
+            if checkpoints:
+                conn.execute(sa.insert(audit_checkpoints), checkpoints)
+            conn.execute(
+                sa.text("UPDATE audit_chain_head SET seq = :seq, hash = :h WHERE id = 1"), {"seq": seq, "h": prev}
+            )
+        print(f"filled {seq:,} entries", file=sys.stderr, end="\r")
+    print(file=sys.stderr)
+    assert prev != GENESIS_HASH
+
+
+def _verify(engine: Engine, signer: EcdsaAuditSigner) -> dict[str, float]:
+    with engine.connect() as conn:
+        start = time.perf_counter()
+        result = audit.verify(conn, public_key=signer.public_key())
+        elapsed = time.perf_counter() - start
+    assert result.ok, result.problem
+    return {
+        "verified_entries": result.entries,
+        "verified_checkpoints": result.checkpoints,
+        "verify_s": round(elapsed, 2),
+        "verify_entries_per_s": round(result.entries / elapsed),
+    }
+
+
+@contextlib.contextmanager
+def _database(kind: str, url: str | None) -> Iterator[str]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="openami-bench-") as tmp:
+            yield f"sqlite:///{tmp}/bench.sqlite3"
+        return
+    if url:
+        yield url
+        return
+    from tests.pg import PostgresCluster  # noqa: PLC0415 - only when a private cluster is needed
+
+    cluster = PostgresCluster.start(durable=True)
+    try:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE openami_bench")
+        yield cluster.url("openami_bench")
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
