@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -94,21 +94,19 @@ def verify(conn: Connection, *, public_key: ec.EllipticCurvePublicKey, from_seq:
     if walk.problem is None:
         problems += _tail_problems(conn, walk.last_seq, walk.last_hash, good)
     last_cp = good[-1] if good else None
-    common = {
-        "entries": walk.entries,
-        "checkpoints": len(good),
-        "last_checkpoint_seq": last_cp.seq if last_cp else None,
-        "last_checkpoint_at": _from_us(last_cp.signed_at_us) if last_cp else None,
-    }
+    result = VerifyResult(
+        ok=True,
+        entries=walk.entries,
+        last_seq=walk.last_seq,
+        checkpoints=len(good),
+        last_checkpoint_seq=last_cp.seq if last_cp else None,
+        last_checkpoint_at=_from_us(last_cp.signed_at_us) if last_cp else None,
+    )
     if not problems:
-        return VerifyResult(ok=True, last_seq=walk.last_seq, **common)  # type: ignore[arg-type]
+        return result
     first = min(problems, key=lambda p: p.seq)
-    return VerifyResult(
-        ok=False,
-        last_seq=min(walk.last_seq, first.seq - 1),
-        first_bad_seq=first.seq,
-        problem=first.text,
-        **common,  # type: ignore[arg-type]
+    return replace(
+        result, ok=False, last_seq=min(walk.last_seq, first.seq - 1), first_bad_seq=first.seq, problem=first.text
     )
 
 
