@@ -89,6 +89,7 @@ class _TlsH11Protocol(H11Protocol):
         self._early: list[bytes] | None = []  # None once the TLS connection is handed to h11
         self._early_size = 0
         self._early_eof = False
+        self._lost = False
         self._handshake: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override] # as uvicorn
@@ -115,7 +116,7 @@ class _TlsH11Protocol(H11Protocol):
             self.connections.discard(self)
             tcp.close()
             raise
-        if tls is None:  # closed while the handshake completed
+        if tls is None or self._lost:  # closed while the handshake completed
             self.connections.discard(self)
             return
         super().connection_made(tls)
@@ -156,6 +157,7 @@ class _TlsH11Protocol(H11Protocol):
         if self._early is None:
             super().connection_lost(exc)
             return
+        self._lost = True
         self.connections.discard(self)  # lost during the handshake: nothing of h11 to clean up
 
     def shutdown(self) -> None:
