@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.engine import Engine
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -86,7 +88,6 @@ def _progress(console: Console) -> Progress:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
         console=console,
     )
@@ -154,53 +155,65 @@ def _run(url: str, kind: str, args: argparse.Namespace, meters: int, progress: P
     ids = _add_meters(url, meters)
     engine = create_engine(url)
     ingestor = Ingestor(engine, VeeSettings(), batch_values=args.batch_values)
-    task = progress.add_task(f"ingest {kind}", total=args.values, rate="")
+    task = progress.add_task(f"ingest {kind}", total=args.values)
     reads = Generator(meters, args.seed, meter_ids=ids, registers=not args.no_registers).reads(args.values)
     chunk = max(1, args.batch_values // 192) * (10 if args.path == "bus" else 1)
-
-    def tick(values: int, elapsed: float) -> None:
-        done = progress.tasks[task].completed + values
-        progress.update(task, completed=done, rate=f"{done / elapsed:,.0f} values/s")
-
+    clock = _Clock(lambda done, wall: progress.update(task, completed=done, description=_rate(kind, done, wall)))
     try:
         if args.path == "bus":
-            elapsed, delivered, totals = asyncio.run(_through_bus(ingestor, reads, chunk, tick))
+            totals = asyncio.run(_through_bus(ingestor, reads, chunk, clock))
         else:
-            elapsed, delivered, totals = _direct(ingestor, reads, chunk, tick)
+            totals = _direct(ingestor, reads, chunk, clock)
+        server_cpu = _server_cpu_s(engine) if kind == "postgres" else None
     finally:
         engine.dispose()
-    return {
-        "values_per_s": round(delivered / elapsed),
-        "seconds": round(elapsed, 2),
+    stats: dict[str, float] = {
+        "values_per_s": round(clock.values / clock.wall),
+        "seconds": round(clock.wall, 2),
+        "client_cpu_us_per_value": round(clock.cpu / clock.values * 1e6, 3),
         "rows": totals.inserted + totals.superseded + totals.unchanged,
         "estimated": totals.estimated,
         "flagged": totals.flagged,
     }
+    if server_cpu is not None:
+        stats["server_cpu_us_per_value"] = round(server_cpu / clock.values * 1e6, 3)
+    return stats
 
 
-Tick = Callable[[int, float], None]
+def _rate(kind: str, done: int, wall: float) -> str:
+    return f"ingest {kind} {done / wall:>9,.0f} values/s"
 
 
-def _direct(
-    ingestor: Ingestor, reads: Iterator[CollectedReadings], chunk: int, tick: Tick
-) -> tuple[float, int, BatchResult]:
-    """``Ingestor.ingest`` batch after batch: (seconds spent ingesting, values delivered, totals)."""
-    elapsed = 0.0
-    delivered = 0
+class _Clock:
+    """Wall and CPU time (all threads of this process) spent ingesting, and the values ingested."""
+
+    def __init__(self, tick: Callable[[int, float], None]) -> None:
+        self.wall = self.cpu = 0.0
+        self.values = 0
+        self._tick = tick
+
+    @contextlib.contextmanager
+    def running(self, values: int) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+        self.values += values
+        self._tick(self.values, self.wall)
+
+
+def _direct(ingestor: Ingestor, reads: Iterator[CollectedReadings], chunk: int, clock: _Clock) -> BatchResult:
+    """``Ingestor.ingest`` batch after batch."""
     totals = BatchResult()
     while batch := list(islice(reads, chunk)):  # generated before the clock starts
-        start = time.perf_counter()
-        totals.add(ingestor.ingest(batch))
-        elapsed += time.perf_counter() - start
-        values = sum(m.value_count for m in batch)
-        delivered += values
-        tick(values, elapsed)
-    return elapsed, delivered, totals
+        with clock.running(sum(m.value_count for m in batch)):
+            totals.add(ingestor.ingest(batch))
+    return totals
 
 
 async def _through_bus(
-    ingestor: Ingestor, reads: Iterator[CollectedReadings], chunk: int, tick: Tick
-) -> tuple[float, int, BatchResult]:
+    ingestor: Ingestor, reads: Iterator[CollectedReadings], chunk: int, clock: _Clock
+) -> BatchResult:
     """Publish reads to the ingest consumer as the head-end does; the clock runs while a chunk is in flight."""
     bus = InProcessBus(queue_size=1024)
     ingestor.subscribe(bus)
@@ -212,22 +225,34 @@ async def _through_bus(
         totals.inserted += stored.counts.values  # rows handed to storage (the bus carries no storage counts)
 
     bus.subscribe(READINGS_STORED, count)
-    elapsed = 0.0
-    delivered = 0
     while batch := list(islice(reads, chunk)):  # generated before the clock starts
-        start = time.perf_counter()
-        for msg in batch:
-            await bus.publish(READINGS_COLLECTED, msg)
-        await bus.drain()
-        await ingestor.flush()
-        await bus.drain()
-        elapsed += time.perf_counter() - start
-        values = sum(m.value_count for m in batch)
-        delivered += values
-        tick(values, elapsed)
+        with clock.running(sum(m.value_count for m in batch)):
+            for msg in batch:
+                await bus.publish(READINGS_COLLECTED, msg)
+            await bus.drain()
+            await ingestor.flush()
+            await bus.drain()
     await ingestor.close()
     await bus.close()
-    return elapsed, delivered, totals
+    return totals
+
+
+def _server_cpu_s(engine: Engine) -> float | None:
+    """CPU seconds of the PostgreSQL backends serving this database (local server only), else None."""
+    with engine.connect() as conn:
+        pids = [
+            int(pid)
+            for (pid,) in conn.exec_driver_sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        ]
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        return None
+    return total / ticks
 
 
 if __name__ == "__main__":
