@@ -222,7 +222,7 @@ class KeyRotator:
         return None
 
     async def _transfer(self, target: MeterTarget, rotation: MeterRotation, new: MeterKeys) -> Outcome | None:
-        """Steps 2: None once the meter acknowledged the transfer."""
+        """Step 2; None once the meter acknowledged the transfer."""
         if new.kek is None:
             await self._db(keys.mark_refused, rotation, "no master key (kek) stored", actor=ACTOR)
             return Outcome.FAILED

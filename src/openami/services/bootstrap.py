@@ -10,11 +10,12 @@ from sqlalchemy.engine import Engine
 from openami.bus import InProcessBus
 from openami.db.engine import create_engine
 from openami.db.migrations import upgrade
-from openami.headend.collector import Collector
+from openami.headend.collector import Collector, RunSummary
 from openami.headend.scheduler import Scheduler
 from openami.mdm.ingest import Ingestor
 from openami.security.keystore import master_key_provider
 from openami.services import identity
+from openami.services import keys as key_services
 from openami.services.context import Platform
 from openami.services.meters import load_targets
 from openami.settings import Settings
@@ -50,8 +51,15 @@ def build_platform(
         settings=settings.collection,
         now=now,
     )
-    scheduler = Scheduler(collector, settings.collection, now=now)
-    return Platform(settings, engine, keystore, bus, ingestor, collector, scheduler, now)
+    platform: Platform | None = None
+
+    def after_run(_summary: RunSummary) -> None:  # meters back after missing a key rotation get it now
+        if platform is not None:
+            key_services.retry_open_rotations(platform)
+
+    scheduler = Scheduler(collector, settings.collection, now=now, on_run=after_run)
+    platform = Platform(settings, engine, keystore, bus, ingestor, collector, scheduler, now)
+    return platform
 
 
 def reload_targets(platform: Platform) -> int:
@@ -62,6 +70,7 @@ def reload_targets(platform: Platform) -> int:
 
 async def stop_platform(platform: Platform) -> None:
     """Flush everything in flight (counters, readings) and close the bus."""
+    await key_services.stop_background(platform)
     await platform.collector.close()
     await platform.bus.drain()
     await platform.ingestor.close()

@@ -3,9 +3,9 @@
 ``request_rotation`` checks the policy (``keys.rotate``), generates the new keys and stores them
 pending, and records the request (audited) in one transaction; ``run_rotation`` then takes every
 open rotation of it to the meters (``headend.keys.KeyRotator``, emergency re-keys first). Meters that
-were unreachable stay queued and are attempted again by every later run (``run_rotation`` without an
-id, e.g. ``openami keys rotate --retry``); a meter whose transfer's answer was lost is settled by its
-next read. Reading the state of rotations needs the same permission.
+were unreachable stay queued and are attempted again by the platform after each scheduled collection
+run (``retry_open_rotations``) and by ``openami keys rotate --retry``; a meter whose transfer's answer
+was lost is settled by its next read. Reading the state of rotations needs the same permission.
 """
 
 from __future__ import annotations
@@ -37,14 +37,17 @@ __all__ = [
     "open_count",
     "recent_rotations",
     "request_rotation",
+    "retry_open_rotations",
     "rotation_report",
     "run_rotation",
     "start_rotation",
+    "stop_background",
 ]
 
 ACTION = "keys.rotate"
 MAX_METERS_PER_LIST = 10_000
-_background: set[asyncio.Task[dict[Outcome, int]]] = set()  # strong references until each run ends
+_background: dict[int, set[asyncio.Task[dict[Outcome, int]]]] = {}  # per platform, until each run ends
+_retrying: dict[int, asyncio.Task[dict[Outcome, int]]] = {}
 
 
 def _resource(meter_ids: Sequence[int], feeder_id: str | None, all_meters: bool) -> tuple[str, Resource]:
@@ -146,14 +149,36 @@ def open_count(platform: Platform, rotation_id: int | None = None) -> int:
         return len(key_management.open_rotations(conn, rotation_id=rotation_id))
 
 
-def start_rotation(platform: Platform, rotation_id: int) -> asyncio.Task[dict[Outcome, int]]:
+def start_rotation(platform: Platform, rotation_id: int | None) -> asyncio.Task[dict[Outcome, int]]:
     """``run_rotation`` in the background of the running event loop (the API answers at once)."""
-    task = asyncio.get_running_loop().create_task(
-        run_rotation(platform, rotation_id), name=f"keys.rotation.{rotation_id}"
-    )
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    name = f"keys.rotation.{rotation_id if rotation_id is not None else 'open'}"
+    task = asyncio.get_running_loop().create_task(run_rotation(platform, rotation_id), name=name)
+    tasks = _background.setdefault(id(platform), set())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
     return task
+
+
+def retry_open_rotations(platform: Platform) -> asyncio.Task[dict[Outcome, int]] | None:
+    """Attempt every open rotation again in the background, unless such a retry is still running.
+
+    The platform calls it after each scheduled collection run, so a meter that was unreachable during
+    its rotation gets its new keys soon after it is back.
+    """
+    running = _retrying.get(id(platform))
+    if running is not None and not running.done():
+        return None
+    task = _retrying[id(platform)] = start_rotation(platform, None)
+    return task
+
+
+async def stop_background(platform: Platform) -> None:
+    """Stop the platform's background rotations (a stopped one is left queued or uncertain: safe)."""
+    tasks = _background.pop(id(platform), set())
+    _retrying.pop(id(platform), None)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def rotation_report(
