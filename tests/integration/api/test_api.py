@@ -119,7 +119,9 @@ async def test_expired_token_and_missing_scope_are_refused(api: tuple[str, Platf
     now = datetime.now(UTC)
     # tokens of the first-run admin (security_admin + ami_operator): one narrowed by its scopes, one expired
     narrow = issue_token(platform.engine, TOKEN_ADMIN, "admin", ttl=None, scopes=["collection.read"], now=now).token
-    expired = issue_token(platform.engine, TOKEN_ADMIN, "admin", ttl=timedelta(days=1), now=now - timedelta(days=2)).token
+    expired = issue_token(
+        platform.engine, TOKEN_ADMIN, "admin", ttl=timedelta(days=1), now=now - timedelta(days=2)
+    ).token
     async with httpx.AsyncClient(base_url=base) as client:
         forbidden = await client.get("/v1/meters", headers={"Authorization": f"Bearer {narrow}"})
         assert forbidden.status_code == 403
