@@ -37,6 +37,7 @@ __all__ = [
     "RoleGrant",
     "attach_token",
     "authenticate",
+    "check_scopes",
     "create_account",
     "get_account",
     "hash_password",
@@ -309,6 +310,14 @@ def _refuse(conn: Connection, attempted: str, reason: str, now: datetime) -> NoR
 # -- tokens ----------------------------------------------------------------------------------------
 
 
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """The sorted distinct scopes; InvalidInput unless each is a policy action name or '*'."""
+    wanted = sorted(set(scopes))
+    if not wanted or any(s != ALL_SCOPES and s not in ACTIONS for s in wanted):
+        raise InvalidInput("token scopes are policy action names or '*'")
+    return wanted
+
+
 def issue_token(
     conn: Connection,
     principal: Principal,
@@ -319,9 +328,7 @@ def issue_token(
     issued_by: str | None = None,
 ) -> IssuedToken:
     """A bearer token owned by ``principal``: it carries the owner's roles, narrowed by ``scopes``."""
-    wanted = sorted(set(scopes))
-    if not wanted or any(s != ALL_SCOPES and s not in ACTIONS for s in wanted):
-        raise InvalidInput("token scopes are policy action names or '*'")
+    wanted = check_scopes(scopes)
     expires_at = None if ttl is None else now + ttl
     token_id, token = token_repo.create_token(conn, principal.username, wanted, now=now, expires_at=expires_at)
     conn.execute(sa.insert(t.account_tokens).values(token_id=token_id, account_id=principal.account_id))

@@ -83,6 +83,7 @@ def login(
     """Check a password and issue a bearer token carrying the user's roles; Unauthenticated otherwise."""
     moment = _now(now)
     ttl = min(ttl_minutes or settings.token_ttl_minutes, settings.token_ttl_minutes)
+    scopes = ident.check_scopes(scopes)  # a bad request is refused before the password is checked
     with engine.connect() as conn:
         try:
             principal = ident.authenticate(conn, username, password, now=moment, settings=settings)

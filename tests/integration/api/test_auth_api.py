@@ -164,6 +164,17 @@ async def test_login_issues_an_expiring_token_that_carries_the_users_roles(api: 
     assert uses[0].resource == f"token:{body['token_id']}"
 
 
+async def test_login_can_narrow_the_token_and_refuses_unknown_scopes(api: Api) -> None:
+    _account(api, "alice", RoleGrant(Role.AMI_OPERATOR))
+    async with api.client(await _login(api, "alice", scopes=["meter.list"], ttl_minutes=5)) as client:
+        assert (await client.get("/v1/meters")).status_code == 200
+        _is_problem(await client.get("/v1/collection/runs"), 403)
+    async with api.client() as client:
+        body = {"username": "alice", "password": PASSWORD, "scopes": ["meters:read"]}
+        _is_problem(await client.post("/v1/auth/token", json=body), 422)
+    assert len(api.audit(actor="user:alice", action="auth.login")) == 1  # the refused request checked no password
+
+
 async def test_unknown_user_and_wrong_password_get_the_same_401(api: Api) -> None:
     _account(api, "alice", RoleGrant(Role.AMI_OPERATOR))
     async with api.client() as client:
