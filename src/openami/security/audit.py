@@ -67,23 +67,32 @@ _COLUMNS = "seq, at_us, actor, action, outcome, resource, subject, purpose, deta
 
 @dataclass(frozen=True, slots=True)
 class _Sql:
-    """The append's three statements in the driver's own parameter style: ``record`` runs them on the
-    DBAPI cursor of the caller's connection (same transaction), skipping Core's per-statement cost."""
+    """The append's statements in the driver's own parameter style: ``record`` runs them on the DBAPI
+    cursor of the caller's connection (same transaction), skipping Core's per-statement cost.
+    ``append`` takes the 11 column values and leaves the new hash in the head row: one statement
+    (one round trip) on PostgreSQL, two on SQLite (no INSERT inside WITH)."""
 
     bump: str
-    insert: str
-    set_head: str
+    append: tuple[str, ...]
 
 
-def _sql(mark: str) -> _Sql:
-    return _Sql(
-        bump="UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash",
-        insert=f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join([mark] * 11)})",  # noqa: S608 - constants
-        set_head=f"UPDATE audit_chain_head SET hash = {mark} WHERE id = 1",  # noqa: S608 - constants
-    )
-
-
-_SQL = {"sqlite": _sql("?"), "postgresql": _sql("%s")}
+_BUMP = "UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash"
+_SQL = {
+    "sqlite": _Sql(
+        _BUMP,
+        (
+            f"INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join(['?'] * 11)})",  # noqa: S608 - constants
+            "UPDATE audit_chain_head SET hash = ?11 WHERE id = 1",  # ?11: the same parameters, the new hash
+        ),
+    ),
+    "postgresql": _Sql(
+        _BUMP,
+        (
+            f"WITH appended AS (INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join(['%s'] * 11)}) RETURNING hash) "  # noqa: S608
+            "UPDATE audit_chain_head SET hash = (SELECT hash FROM appended) WHERE id = 1",
+        ),
+    ),
+}
 _INSERT_CHECKPOINT = sa.text(
     "INSERT INTO audit_checkpoints (seq, hash, signed_at_us, key_id, signature) "
     "VALUES (:seq, :hash, :signed_at_us, :key_id, :signature) ON CONFLICT (seq) DO NOTHING"
@@ -198,8 +207,9 @@ def record(conn: Connection, entry: AuditEntry, *, now: datetime) -> int:
         fields = (seq, at_us, entry.actor, entry.action, entry.outcome, entry.resource, entry.subject, entry.purpose,
                   details)  # fmt: skip
         digest = entry_hash(prev_hash, canonical_entry(fields))
-        cursor.execute(sql.insert, (*fields, prev_hash, digest))
-        cursor.execute(sql.set_head, (digest,))
+        values = (*fields, prev_hash, digest)
+        for statement in sql.append:
+            cursor.execute(statement, values)
     finally:
         cursor.close()
     signer, every = _policy.signer, _policy.every
