@@ -17,6 +17,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "openami.cli.keys": ("keys",),
     "openami.cli.audit": ("audit", "security"),
     "openami.cli.pki": ("pki",),
+    "openami.cli.accounts": ("accounts",),
 }
 
 
