@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQL
 
+from openami.cli import loop  # noqa: E402
 from openami.db import comm_errors  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
@@ -79,10 +80,13 @@ async def _collect(platform: Platform, console: Console) -> dict[str, float]:
 
         probe = asyncio.create_task(_on_demand_probe(platform, stop, on_demand))
         started = time.perf_counter()
+        cpu_started = time.process_time()
         summary = await platform.collector.collect(ids, progress=advance)
+        read_s = time.perf_counter() - started
         await platform.bus.drain()
         await platform.ingestor.flush()
         elapsed = time.perf_counter() - started
+        collect_cpu = time.process_time() - cpu_started
         stop.set()
         await probe
     return {
@@ -90,10 +94,12 @@ async def _collect(platform: Platform, console: Console) -> dict[str, float]:
         "received": summary.received,
         "failed": summary.failed,
         "elapsed_s": round(elapsed, 2),
+        "read_phase_s": round(read_s, 2),
         "meters_per_s": round(summary.received / elapsed, 1),
         "values_per_s": round(summary.values / elapsed, 1),
         "session_p50_s": round(statistics.median(summary.session_s), 4) if summary.session_s else float("nan"),
         "session_p99_s": round(_quantile(summary.session_s, 0.99), 4),
+        "platform_cpu_ms_per_meter": round(1000 * collect_cpu / max(1, summary.received + summary.failed), 3),
         "on_demand_reads": len(on_demand),
         "on_demand_p99_s": round(_quantile(on_demand, 0.99), 4),
     }
@@ -106,6 +112,8 @@ def main() -> None:
     parser.add_argument("--sim-processes", type=int, default=None, help="simulator worker processes")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="platform event loop")
+    parser.add_argument("--gc", choices=("tuned", "default"), default="tuned", help="platform GC thresholds")
     parser.add_argument("--flaky", type=float, default=0.0, help="share of flaky meters (default 0)")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -131,6 +139,8 @@ def main() -> None:
             document = json.loads((Path(tmp) / "c.json").read_text(encoding="utf-8"))
             import_commissioning(engine, master_key_provider(settings), document, now=datetime.now(UTC))
             platform = build_platform(settings, engine=engine)
+            if args.gc == "tuned":
+                loop.tune_gc()
 
             async def run() -> dict[str, object]:
                 try:
@@ -142,7 +152,11 @@ def main() -> None:
                 figures["failures"] = dict(Counter(f"{e.step}: {e.cause.split(':')[0]}" for e in errors))
                 return figures
 
-            result: dict[str, object] = {"db": args.db, "concurrency": args.concurrency, **asyncio.run(run())}
+            result: dict[str, object] = {
+                "db": args.db,
+                "concurrency": args.concurrency,
+                **loop.run(run(), use_uvloop=args.loop == "uvloop"),
+            }
         finally:
             fleet.stop()
             if cluster is not None:

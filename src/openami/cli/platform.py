@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from openami import logging as oam_logging
+from openami.cli import loop
 from openami.domain.codes import ChannelCode
 from openami.errors import OpenAmiError
 from openami.services import meters as meter_services
@@ -205,7 +206,8 @@ def run(sim_meters: int, seed: int, sim_port: int, host: str | None, port: int |
             _write_private(token_file, token)
             _err.print(f"[bold]admin API token[/] (shown once; also in {token_file}, mode 0600):\n{token}")
         platform = build_platform(settings, engine=engine)
-        asyncio.run(_serve(platform))
+        loop.tune_gc()
+        loop.run(_serve(platform))
     except OpenAmiError as exc:
         raise _fail(exc.message) from None
     finally:
