@@ -81,6 +81,9 @@ def test_run_with_a_simulated_fleet_collects_and_serves_the_api(tmp_path: Path) 
     assert values
     assert {"channel", "interval_end", "value", "quality", "source", "version"} <= set(values[0])
     assert "guek" not in readings.stdout + listing.stdout
+    verify = _cli("audit", "verify", env=env)  # every API request of the run was audited, the chain is whole
+    assert verify.returncode == 0, verify.stderr
+    assert "chain intact" in verify.stdout
 
 
 def test_unknown_meter_and_bad_dates_are_clear_errors(tmp_path: Path) -> None:

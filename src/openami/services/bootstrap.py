@@ -16,6 +16,7 @@ from openami.mdm.ingest import Ingestor
 from openami.security.keystore import master_key_provider
 from openami.services import identity
 from openami.services import keys as key_services
+from openami.services import security as security_services
 from openami.services.context import Platform
 from openami.services.meters import load_targets
 from openami.settings import Settings
@@ -38,6 +39,7 @@ def build_platform(
     settings: Settings, *, engine: Engine | None = None, now: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> Platform:
     """Everything wired together; call ``start_platform`` inside the event loop before use."""
+    security_services.configure(settings)  # audit checkpoints signed with the platform's audit key, burst rules
     engine = engine or open_storage(settings)
     keystore = master_key_provider(settings)
     bus = InProcessBus()
