@@ -16,6 +16,7 @@ versions: the head-end never reuses a counter, whatever the key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -25,7 +26,17 @@ from sqlalchemy.engine import Connection
 from openami.db.tables import UtcDateTime
 from openami.db.tables import invocation_counters as ic
 
-__all__ = ["Counters", "accept_server_ic", "advance", "get", "get_for_key", "reserve_client_ics", "switch_key_version"]
+__all__ = [
+    "Counters",
+    "accept_server_ic",
+    "advance",
+    "advance_many",
+    "get",
+    "get_for_key",
+    "reserve_client_ics",
+    "reserve_client_ics_many",
+    "switch_key_version",
+]
 
 _ADVANCE = sa.text("""
 INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at)
@@ -117,6 +128,53 @@ def advance(
     else:
         conn.execute(_ADVANCE_FOR_KEY, {**values, "key_version": key_version})
     return get(conn, meter_id)
+
+
+def advance_many(
+    conn: Connection, rows: Sequence[tuple[int, int | None, int | None, int | None]], *, now: datetime
+) -> None:
+    """``advance`` for many meters in two executemany statements: rows are (meter_id, client_ic_next,
+    server_ic_last, key_version or None), with the same never-backwards rule as ``advance``."""
+    plain = [{"meter_id": m, "client": c, "server": sv, "now": now} for m, c, sv, k in rows if k is None]
+    keyed = [
+        {"meter_id": m, "client": c, "server": sv, "now": now, "key_version": k}
+        for m, c, sv, k in rows
+        if k is not None
+    ]
+    if plain:
+        conn.execute(_ADVANCE, plain)
+    if keyed:
+        conn.execute(_ADVANCE_FOR_KEY, keyed)
+
+
+def reserve_client_ics_many(
+    conn: Connection, meter_ids: Sequence[int], count: int, *, now: datetime
+) -> dict[int, tuple[int, Counters, int]]:
+    """``reserve_client_ics`` for many meters at once: meter → (first reserved IC, counters after, key version).
+
+    The update and the read run in the caller's write transaction, so no other writer can reserve
+    in between. Three statements per 500 meters instead of three per meter.
+    """
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    reserved: dict[int, tuple[int, Counters, int]] = {}
+    ordered = sorted(set(meter_ids))
+    if ordered:
+        conn.execute(_ENSURE, [{"meter_id": m, "now": now} for m in ordered])
+    for i in range(0, len(ordered), 500):
+        chunk = ordered[i : i + 500]
+        conn.execute(
+            sa.update(ic)
+            .where(ic.c.meter_id.in_(chunk))
+            .values(client_ic_next=ic.c.client_ic_next + count, updated_at=now)
+        )
+        query = sa.select(ic.c.meter_id, ic.c.client_ic_next, ic.c.server_ic_last, ic.c.key_version).where(
+            ic.c.meter_id.in_(chunk)
+        )
+        for meter_id, client_next, server_last, version in conn.execute(query):
+            counters = Counters(int(client_next), None if server_last is None else int(server_last))
+            reserved[int(meter_id)] = (int(client_next) - count, counters, int(version))
+    return reserved
 
 
 def switch_key_version(

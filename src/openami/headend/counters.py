@@ -100,7 +100,11 @@ class CounterStore:
     def _reserve_many(self, meter_ids: list[int], key_versions: Mapping[int, int]) -> dict[int, tuple[int, int | None]]:
         now = self._now()
         with self._engine.begin() as conn:
-            return {m: _reserve(conn, m, key_versions.get(m), now) for m in meter_ids}
+            reserved = counter_repo.reserve_client_ics_many(conn, meter_ids, CLIENT_IC_BLOCK, now=now)
+        return {
+            meter_id: (first, stored.server_ic_last if key_versions.get(meter_id, version) == version else None)
+            for meter_id, (first, stored, version) in reserved.items()
+        }
 
     async def record(
         self, meter_id: int, *, client_ic_next: int, server_ic_last: int | None, key_version: int | None = None
@@ -146,9 +150,17 @@ class CounterStore:
                 op.future.set_result(None)
 
     def _apply(self, ops: list[_Op]) -> list[tuple[int, int | None] | None]:
+        """One transaction: every record in one executemany (order does not matter: counters only move
+        forward), then the reservations."""
         now = self._now()
+        records = [
+            (op.meter_id, op.client_ic_next, op.server_ic_last, op.key_version) for op in ops if isinstance(op, _Record)
+        ]
         with self._engine.begin() as conn:
-            return [_apply_one(conn, op, now) for op in ops]
+            counter_repo.advance_many(conn, records, now=now)
+            return [
+                _reserve(conn, op.meter_id, op.key_version, now) if isinstance(op, _Reserve) else None for op in ops
+            ]
 
 
 def _reserve(conn: Connection, meter_id: int, key_version: int | None, now: datetime) -> tuple[int, int | None]:
@@ -156,17 +168,3 @@ def _reserve(conn: Connection, meter_id: int, key_version: int | None, now: date
     stored, stored_version = counter_repo.get_for_key(conn, meter_id)
     same_key = key_version is None or stored_version == key_version
     return first, stored.server_ic_last if same_key else None
-
-
-def _apply_one(conn: Connection, op: _Op, now: datetime) -> tuple[int, int | None] | None:
-    if isinstance(op, _Reserve):
-        return _reserve(conn, op.meter_id, op.key_version, now)
-    counter_repo.advance(
-        conn,
-        op.meter_id,
-        now=now,
-        client_ic_next=op.client_ic_next,
-        server_ic_last=op.server_ic_last,
-        key_version=op.key_version,
-    )
-    return None

@@ -66,3 +66,16 @@ async def test_reserve_many_reserves_every_meter_in_one_go(engine: Engine, meter
     again = await store.reserve_many(meter_ids)
     assert all(again[m][0] == reserved[m][0] + CLIENT_IC_BLOCK for m in meter_ids)
     await store.close()
+
+
+async def test_reserve_many_matches_one_by_one_reservation(engine: Engine, meter_ids: list[int]) -> None:
+    """The bulk path and the single path reserve the same blocks and see the same server counters."""
+    store = CounterStore(engine)
+    for m in meter_ids:
+        await store.record(m, client_ic_next=10 * m, server_ic_last=m)
+    bulk = await store.reserve_many(meter_ids)
+    single = {m: await store.reserve(m) for m in meter_ids}
+    for m in meter_ids:
+        assert bulk[m] == (10 * m, m)
+        assert single[m] == (10 * m + CLIENT_IC_BLOCK, m)
+    await store.close()
