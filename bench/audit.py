@@ -20,22 +20,20 @@ durable cluster (tests/pg.py), removed afterwards. Prints ONE JSON object on std
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py: the same private cluster as the test suite
 
+from _common import bench_database  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
 from openami.db.tables import audit_checkpoints, audit_log  # noqa: E402
@@ -77,7 +75,7 @@ def main() -> None:
     signer = EcdsaAuditSigner.generate()
     result: dict[str, object] = {"entries": args.entries, "actions": args.actions, "checkpoint_every": args.every}
     for kind in ("sqlite", "postgres") if args.db == "both" else (args.db,):
-        with _database(kind, args.url) as url:
+        with bench_database(kind, args.url) as url:
             engine = create_engine(url)
             try:
                 upgrade(engine)
@@ -203,26 +201,6 @@ def _verify(engine: Engine, signer: EcdsaAuditSigner) -> dict[str, float]:
         "verify_entries_per_s": round(result.entries / elapsed),
         "verify_entries_per_cpu_s": round(result.entries / cpu),  # this process only (PostgreSQL renders server-side)
     }
-
-
-@contextlib.contextmanager
-def _database(kind: str, url: str | None) -> Iterator[str]:
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="openami-bench-") as tmp:
-            yield f"sqlite:///{tmp}/bench.sqlite3"
-        return
-    if url:
-        yield url
-        return
-    from tests.pg import PostgresCluster  # noqa: PLC0415 - only when a private cluster is needed
-
-    cluster = PostgresCluster.start(durable=True)
-    try:
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE openami_bench")
-        yield cluster.url("openami_bench")
-    finally:
-        cluster.stop()
 
 
 if __name__ == "__main__":

@@ -22,14 +22,12 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
-import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.engine import Engine
@@ -38,6 +36,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py: the same private cluster as the test suite
 
+from _common import bench_database  # noqa: E402
 from _ingest_data import Generator  # noqa: E402
 from openami.bus import READINGS_COLLECTED, READINGS_STORED, InProcessBus  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
@@ -76,7 +75,7 @@ def main() -> None:
     targets = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     with _progress(console) as progress:
         for kind in targets:
-            with _database(kind, args.url) as url:
+            with bench_database(kind, args.url) as url:
                 stats = _run(url, kind, args, meters, progress)
             result.update({f"{kind}_{name}": value for name, value in stats.items()})
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -105,26 +104,6 @@ def _vee_only(values: int, meters: int, seed: int) -> int:
         states[msg.meter_id] = vee.state
         count += msg.value_count
     return round(count / (time.perf_counter() - start))
-
-
-@contextlib.contextmanager
-def _database(kind: str, url: str | None) -> Iterator[str]:
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="openami-bench-") as tmp:
-            yield f"sqlite:///{tmp}/bench.sqlite3"
-        return
-    if url:
-        yield url
-        return
-    from tests.pg import PostgresCluster  # noqa: PLC0415 - only when a private cluster is needed
-
-    cluster = PostgresCluster.start(durable=True)
-    try:
-        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE openami_bench")
-        yield cluster.url("openami_bench")
-    finally:
-        cluster.stop()
 
 
 def _add_meters(engine_url: str, count: int) -> list[int]:
