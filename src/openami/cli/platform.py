@@ -271,6 +271,9 @@ async def _serve(platform: Platform) -> None:
     await stop.wait()
     _err.print("stopping...")
     server.should_exit = True
+    # A collection in progress is abandoned rather than drained: Ctrl-C also stops the simulated
+    # meters, and nothing is lost (the next run reads every interval since the last one stored).
+    scheduler_task.cancel()
     await asyncio.gather(server_task, scheduler_task, return_exceptions=True)
     progress_task.cancel()
     await stop_platform(platform)
