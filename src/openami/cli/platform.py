@@ -26,6 +26,7 @@ from openami.services.bootstrap import (
     build_platform,
     ensure_admin_token,
     open_storage,
+    start_platform,
     stop_platform,
 )
 from openami.services.context import ALL_SCOPES, Platform, RequestScope, Role
@@ -246,6 +247,7 @@ async def _serve(platform: Platform) -> None:
 
     settings = platform.settings
     try:
+        await start_platform(platform)
         server_tls = prepare_server_tls(platform)  # HTTPS (CA and certificate on first run); HTTP on loopback only
     except OpenAmiError:
         await stop_platform(platform)

@@ -457,3 +457,13 @@ meter_key_rotations = sa.Table(
         postgresql_where=sa.text("state IN ('queued', 'uncertain')"),
     ),
 )
+
+# --- switch commands (services.switch, headend.commands; migration 0007) ---
+
+# --- off-switch guard (services.switch_guard; migration 0008) ---
+
+# --- prepayment (services.prepay; migration 0009) ---
+
+# --- meter events (headend.push_listener, services.events; migration 0010) ---
+
+# --- outages, webhooks, revenue protection (services.outage, services.revenue; migration 0011) ---

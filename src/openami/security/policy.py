@@ -139,13 +139,72 @@ POLICY: Mapping[str, ActionRule] = {
     "security.events.read": _rule("see security events and alerts", security_admin=_YES, auditor=_YES),
     "security.alerts.manage": _rule("acknowledge and close security alerts", security_admin=_YES),
     "switch.disconnect": _rule(
-        "disconnect an electricity supply (placeholder: switch issue)",
+        "open an electricity supply switch (signed by the command authority)",
         ami_operator=_YES, network_operator=(_AREA, _SAFETY),
     ),
-    "switch.reconnect": _rule("reconnect an electricity supply (placeholder: switch issue)", ami_operator=_YES),
-    "switch.valve-close": _rule(
-        "close a gas valve (placeholder: switch issue)", ami_operator=_YES, gas_network_operator=(_AREA, _GAS),
+    "switch.reconnect": _rule("close (or arm for the customer to close) a supply switch", ami_operator=_YES),
+    "switch.limit": _rule(
+        "set or cancel a meter's load limit (limited demand / energy)", ami_operator=_YES, network_operator=(_AREA,),
     ),
+    "switch.read-state": _rule(
+        "query a meter's switch and limiter state over DLMS",
+        ami_operator=_YES, billing_cis=_YES, field_technician=_YES,
+    ),
+    "switch.valve-close": _rule(
+        "close a gas valve (no simulated gas valve yet)", ami_operator=_YES, gas_network_operator=(_AREA, _GAS),
+    ),
+    "commands.read": _rule(
+        "see switch and limiter commands and their status", row_scoped=True,
+        ami_operator=_YES, billing_cis=_YES, field_technician=_YES, network_operator=(_AREA,),
+    ),
+    "commands.cancel": _rule("cancel a command that has not been sent", ami_operator=_YES, billing_cis=_YES),
+    "commands.approve": _rule(
+        "approve a batch of commands as the second person (two-person rule)", security_admin=_YES, ami_operator=_YES,
+    ),
+    "guard.read": _rule(
+        "see the off-switch guard: limits, pending approvals, uncommanded-opening alarms",
+        security_admin=_YES, ami_operator=_YES, auditor=_YES,
+    ),
+    "guard.ignore-disconnects": _rule(
+        "broadcast the signed 'ignore disconnects' mode to an area's meters", security_admin=_YES, ami_operator=_YES,
+    ),
+    "guard.clear": _rule("clear the 'ignore disconnects' mode and an uncommanded-opening alarm", security_admin=_YES),
+    "service.move-in": _rule("move-in: read, backfeed check, connect, verify", ami_operator=_YES, billing_cis=_YES),
+    "service.move-out": _rule(
+        "move-out: disconnect at a set time, verify, final read", ami_operator=_YES, billing_cis=_YES,
+    ),
+    "collections.disconnect": _rule("disconnect for non-payment (never critical care)", billing_cis=_YES),
+    "collections.reinstate": _rule("reconnect after payment", billing_cis=_YES, ami_operator=_YES),
+    "load.shed": _rule(
+        "emergency load shedding of a set of meters (critical care never shed)", row_scoped=True,
+        ami_operator=_YES, network_operator=(_AREA,),
+    ),
+    "calendar.manage": _rule("set no-disconnect hours, holidays and weather moratoria", ami_operator=_YES),
+    "premises.manage": _rule("flag a premise critical-care or vacant", ami_operator=_YES, billing_cis=_YES),
+    "prepay.read": _rule(
+        "read a prepayment account's balance and ledger (personal data)", row_scoped=True,
+        billing_cis=_YES, customer=(_PREMISES,),
+    ),
+    "prepay.manage": _rule("enrol a meter in prepayment, set its thresholds", billing_cis=_YES),
+    "prepay.payment": _rule("record a payment (top-up) on a prepayment account", billing_cis=_YES),
+    "prepay.adjust": _rule("post an adjustment to a prepayment account", billing_cis=_YES),
+    "tariffs.manage": _rule("define tariffs (prices per kWh and standing charges)", billing_cis=_YES),
+    "events.read": _rule(
+        "see meter events and alarms (last gasp, tamper, voltage ...)", row_scoped=True,
+        security_admin=_YES, ami_operator=_YES, field_technician=_YES, network_operator=(_AREA,),
+    ),
+    "outages.read": _rule(
+        "see outages, their affected meters and restoration", row_scoped=True,
+        ami_operator=_YES, field_technician=_YES, network_operator=(_AREA,),
+    ),
+    "outages.manage": _rule("confirm, annotate or close an outage by hand", ami_operator=_YES),
+    "topology.import": _rule("replace the grid topology from a CSV or GeoJSON file", ami_operator=_YES),
+    "webhooks.manage": _rule("register and remove systems notified of outages", security_admin=_YES, ami_operator=_YES),
+    "cases.read": _rule(
+        "see revenue-protection cases and meters to be watched", ami_operator=_YES, billing_cis=_YES,
+        field_technician=_YES,
+    ),
+    "cases.manage": _rule("open, assign, move and close revenue-protection cases", ami_operator=_YES, billing_cis=_YES),
 }  # fmt: skip
 
 ACTIONS = frozenset(POLICY)

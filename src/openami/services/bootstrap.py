@@ -70,8 +70,16 @@ def reload_targets(platform: Platform) -> int:
     return len(platform.collector.targets)
 
 
+async def start_platform(platform: Platform) -> None:
+    """Start the platform's background parts inside the running event loop (after ``build_platform``).
+
+    Each capability starts its own part here (command queue, push listener, outage engine, ...) and
+    stops it in :func:`stop_platform`, in reverse order.
+    """
+
+
 async def stop_platform(platform: Platform) -> None:
-    """Flush everything in flight (counters, readings) and close the bus."""
+    """Stop background parts, flush everything in flight (counters, readings) and close the bus."""
     await key_services.stop_background(platform)
     await platform.collector.close()
     await platform.bus.drain()

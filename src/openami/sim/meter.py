@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from openami.domain.meter_events import EventCode
 from openami.protocols.dlms import obis
 from openami.protocols.dlms.aio import start_server
 from openami.protocols.dlms.axdr import DoubleLongUnsigned
@@ -128,6 +129,8 @@ class SimulatedMeter:
             config.system_title, config.guek, config.gak, invocation_counter=config.invocation_counter, kek=config.kek
         )
         self.disconnect = DisconnectControl(obis.DISCONNECT_CONTROL, control_mode=1)
+        self.events: list[tuple[int, int, float | None]] = []
+        """What the meter recorded: (meter time epoch s, EventCode, value); see :meth:`record_event`."""
         self.device = self._build_device(SimulatedProfile(self.energy, self.clock.time, entries), entries)
         self.server_config = ServerConfig(
             device=self.device,
@@ -172,6 +175,10 @@ class SimulatedMeter:
                 ),
             ]
         )
+
+    def record_event(self, code: EventCode, value: float | None = None) -> None:
+        """The meter notes an event at its own clock time (event log; pushed when a push target is set)."""
+        self.events.append((int(self.clock.time().timestamp()), int(code), value))
 
     def session(self) -> ServerSession:
         """A fresh association handler for one TCP connection."""
