@@ -466,4 +466,6 @@ meter_key_rotations = sa.Table(
 
 # --- meter events (headend.push_listener, services.events; migration 0010) ---
 
-# --- outages, webhooks, revenue protection (services.outage, services.revenue; migration 0011) ---
+# --- outages and webhooks (services.outage, services.webhooks; migration 0011) ---
+
+# --- revenue protection (services.revenue; migration 0012) ---

@@ -1,4 +1,4 @@
-"""Outages, their meters, webhooks and deliveries; revenue-protection cases (issue 6).
+"""Outages, their meters, webhooks and deliveries (issue 6, services.outage).
 
 Revision ID: 0011
 Revises: 0010
