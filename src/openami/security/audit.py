@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from openami.db.tables import audit_chain_head, audit_checkpoints, audit_log
 from openami.security.audit_codec import (
@@ -70,10 +71,14 @@ class _Sql:
     """The append's statements in the driver's own parameter style: ``record`` runs them on the DBAPI
     cursor of the caller's connection (same transaction), skipping Core's per-statement cost.
     ``append`` takes the 11 column values and leaves the new hash in the head row: one statement
-    (one round trip) on PostgreSQL, two on SQLite (no INSERT inside WITH)."""
+    (one round trip) on PostgreSQL, two on SQLite (no INSERT inside WITH). ``append_if_head``
+    (PostgreSQL) is the whole append in ONE round trip when the writer already knows the head (its
+    own last append): it moves the head only if the head is still exactly that entry, and inserts
+    only if it moved it."""
 
     bump: str
     append: tuple[str, ...]
+    append_if_head: str | None = None
 
 
 _BUMP = "UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash"
@@ -91,8 +96,14 @@ _SQL = {
             f"WITH appended AS (INSERT INTO audit_log ({_COLUMNS}) VALUES ({', '.join(['%s'] * 11)}) RETURNING hash) "  # noqa: S608
             "UPDATE audit_chain_head SET hash = (SELECT hash FROM appended) WHERE id = 1",
         ),
+        (
+            "WITH moved AS (UPDATE audit_chain_head SET seq = %s, hash = %s WHERE id = 1 AND seq = %s AND hash = %s "  # noqa: S608
+            f"RETURNING seq) INSERT INTO audit_log ({_COLUMNS}) SELECT {', '.join(['%s'] * 11)} FROM moved"
+        ),
     ),
 }
+_last_appended: weakref.WeakKeyDictionary[Engine, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+"""Per database (engine): the (seq, hash) this process appended last; a stale value costs one retry."""
 _INSERT_CHECKPOINT = sa.text(
     "INSERT INTO audit_checkpoints (seq, hash, signed_at_us, key_id, signature) "
     "VALUES (:seq, :hash, :signed_at_us, :key_id, :signature) ON CONFLICT (seq) DO NOTHING"
@@ -199,23 +210,45 @@ def record(conn: Connection, entry: AuditEntry, *, now: datetime) -> int:
     assert dbapi is not None
     cursor = dbapi.cursor()
     try:
-        cursor.execute(sql.bump)
-        row = cursor.fetchone()
-        if row is None:
-            row = _create_head(conn)
-        seq, prev_hash = int(row[0]), bytes(row[1])
-        fields = (seq, at_us, entry.actor, entry.action, entry.outcome, entry.resource, entry.subject, entry.purpose,
-                  details)  # fmt: skip
-        digest = entry_hash(prev_hash, canonical_entry(fields))
-        values = (*fields, prev_hash, digest)
-        for statement in sql.append:
-            cursor.execute(statement, values)
+        values: tuple[Any, ...] | None = None
+        head = _last_appended.get(conn.engine) if sql.append_if_head is not None else None
+        if head is not None:
+            values = _values(head, entry, details, at_us)
+            if not _append_after(cursor, sql, head, values):
+                values = None
+        if values is None:
+            cursor.execute(sql.bump)
+            row = cursor.fetchone()
+            if row is None:
+                row = _create_head(conn)
+            values = _values((int(row[0]) - 1, bytes(row[1])), entry, details, at_us)
+            for statement in sql.append:
+                cursor.execute(statement, values)
     finally:
         cursor.close()
+    seq, digest = int(values[0]), bytes(values[-1])
+    if sql.append_if_head is not None:
+        _last_appended[conn.engine] = (seq, digest)
     signer, every = _policy.signer, _policy.every
     if signer is not None and seq % every == 0:
         _write_checkpoint(conn, signer, seq, digest, at_us)
     return seq
+
+
+def _values(head: tuple[int, bytes], entry: AuditEntry, details: str, at_us: int) -> tuple[Any, ...]:
+    """The 11 column values of the entry that follows ``head`` (its seq and hash)."""
+    seq = head[0] + 1
+    fields = (seq, at_us, entry.actor, entry.action, entry.outcome, entry.resource, entry.subject, entry.purpose,
+              details)  # fmt: skip
+    return (*fields, head[1], entry_hash(head[1], canonical_entry(fields)))
+
+
+def _append_after(cursor: Any, sql: _Sql, head: tuple[int, bytes], values: tuple[Any, ...]) -> bool:
+    """Append ``values`` in one round trip if ``head`` is still the chain's head; False (nothing
+    written) if not. The UPDATE locks the head row, so a concurrent appender either went first (this
+    one then finds another head, writes nothing and takes the locking path) or waits for this one."""
+    cursor.execute(sql.append_if_head, (values[0], values[-1], head[0], head[1], *values))
+    return bool(cursor.rowcount == 1)
 
 
 def _create_head(conn: Connection) -> Sequence[Any]:

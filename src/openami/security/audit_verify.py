@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -35,6 +36,9 @@ from openami.security.audit_keys import key_id_of, verify_signature
 __all__ = ["VerifyResult", "verify"]
 
 BATCH = 20_000
+PARALLEL_MIN_ENTRIES = 200_000
+"""Chains at least this long (between checkpoints) are verified in parallel segments."""
+_NO_END = 2**62
 _ROW = sa.text(
     "SELECT seq, at_us, actor, action, outcome, resource, subject, purpose, details, prev_hash FROM audit_log "
     "WHERE seq = :seq"
@@ -45,13 +49,13 @@ _ROW = sa.text(
 _CANONICAL = {
     "sqlite": (
         "SELECT seq, json_array(1, seq, at_us, actor, action, outcome, resource, subject, purpose, details), hash "
-        "FROM audit_log WHERE seq >= ? ORDER BY seq"
+        "FROM audit_log WHERE seq >= ? AND seq <= ? ORDER BY seq"
     ),
     "postgresql": (
         "SELECT seq, concat('[1,', seq, ',', at_us, ',', to_json(actor), ',', to_json(action), ',', "
         "to_json(outcome), ',', coalesce(to_json(resource)::text, 'null'), ',', "
         "coalesce(to_json(subject)::text, 'null'), ',', coalesce(to_json(purpose)::text, 'null'), ',', "
-        "to_json(details), ']'), hash FROM audit_log WHERE seq >= %s ORDER BY seq"
+        "to_json(details), ']'), hash FROM audit_log WHERE seq >= %s AND seq <= %s ORDER BY seq"
     ),
 }
 
@@ -81,15 +85,23 @@ class _Problem(NamedTuple):
     text: str
 
 
-def verify(conn: Connection, *, public_key: ec.EllipticCurvePublicKey, from_seq: int | None = None) -> VerifyResult:
-    """Check the chain (from ``from_seq``, anchored at the newest good checkpoint before it) and its checkpoints."""
+def verify(
+    conn: Connection, *, public_key: ec.EllipticCurvePublicKey, from_seq: int | None = None, workers: int = 2
+) -> VerifyResult:
+    """Check the chain (from ``from_seq``, anchored at the newest good checkpoint before it) and its checkpoints.
+
+    A long chain is cut at signed checkpoints into ``workers`` segments verified at once, each on its
+    own connection: a segment starts from the hash its first checkpoint signed, and the segment
+    before it must arrive at exactly that hash, so the cut hides nothing. On PostgreSQL this puts
+    one server process per segment to rendering the canonical text, which is what limits one walk.
+    """
     good, bad_signature = _load_checkpoints(conn, public_key)
     start, anchor = 1, GENESIS_HASH
     if from_seq is not None and from_seq > 1:
         below = [cp for cp in good if cp.seq < from_seq]
         if below:
             start, anchor = below[-1].seq + 1, below[-1].hash
-    walk = _walk(conn, start, anchor, [cp for cp in good if cp.seq >= start])
+    walk = _walk_segments(conn, start, anchor, [cp for cp in good if cp.seq >= start], workers)
     problems = [p for p in (walk.problem, bad_signature) if p is not None]
     if walk.problem is None:
         problems += _tail_problems(conn, walk.last_seq, walk.last_hash, good)
@@ -136,7 +148,55 @@ class _Walk(NamedTuple):
     problem: _Problem | None
 
 
-def _walk(conn: Connection, start: int, anchor: bytes, checkpoints: list[_Checkpoint]) -> _Walk:
+def _walk_segments(conn: Connection, start: int, anchor: bytes, checkpoints: list[_Checkpoint], workers: int) -> _Walk:
+    """The chain from ``start``: one walk, or ``workers`` walks over checkpoint-bounded segments."""
+    cuts = _cuts(start, checkpoints, workers)
+    if not cuts:
+        return _walk(conn, start, anchor, checkpoints)
+    bounds = [(start, anchor), *((cp.seq + 1, cp.hash) for cp in cuts)]
+    ends = [cp.seq for cp in cuts] + [_NO_END]
+
+    def segment(i: int) -> _Walk:
+        first, hash_before = bounds[i]
+        inside = [cp for cp in checkpoints if first <= cp.seq <= ends[i]]
+        if i == 0:
+            return _bounded(_walk(conn, first, hash_before, inside, end=ends[i]), ends[i])
+        with conn.engine.connect() as own:
+            return _bounded(_walk(own, first, hash_before, inside, end=ends[i]), ends[i])
+
+    with ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="audit-verify") as pool:
+        walks = list(pool.map(segment, range(len(bounds))))
+    count = 0
+    for walk in walks:
+        count += walk.entries
+        if walk.problem is not None:
+            return walk._replace(entries=count)
+    return walks[-1]._replace(entries=count)
+
+
+def _cuts(start: int, checkpoints: list[_Checkpoint], workers: int) -> list[_Checkpoint]:
+    """The checkpoints at which to cut the chain into ``workers`` segments of about equal length."""
+    if workers < 2 or not checkpoints or checkpoints[-1].seq - start < PARALLEL_MIN_ENTRIES:
+        return []
+    span = checkpoints[-1].seq - start + 1
+    cuts: list[_Checkpoint] = []
+    for k in range(1, workers):
+        target = start + span * k // workers
+        nearest = min(checkpoints, key=lambda cp: abs(cp.seq - target))
+        if not cuts or nearest.seq > cuts[-1].seq:
+            cuts.append(nearest)
+    return cuts
+
+
+def _bounded(walk: _Walk, end: int) -> _Walk:
+    """A segment that must reach ``end``: entries missing at its end are deleted entries."""
+    if walk.problem is None and end != _NO_END and walk.last_seq < end:
+        missing = walk.last_seq + 1
+        return walk._replace(problem=_Problem(missing, f"entry {missing} is missing (deleted): entry {end} is signed"))
+    return walk
+
+
+def _walk(conn: Connection, start: int, anchor: bytes, checkpoints: list[_Checkpoint], end: int = _NO_END) -> _Walk:
     """Stream entries from ``start`` and recompute the chain; stops at the first bad entry.
 
     The database renders each entry's canonical text (``_CANONICAL``) and this process hashes it
@@ -151,7 +211,7 @@ def _walk(conn: Connection, start: int, anchor: bytes, checkpoints: list[_Checkp
     vouched = start - 1  # newest entry a signed checkpoint has confirmed
     expected, running, before = start, anchor, b""
     count = 0
-    for batch in _batches(conn, start):
+    for batch in _batches(conn, start, end):
         for seq, text, stored in batch:
             digest = sha256(running + text.encode()).digest()
             if digest != stored or seq != expected:
@@ -174,8 +234,8 @@ def _walk(conn: Connection, start: int, anchor: bytes, checkpoints: list[_Checkp
     return _Walk(count, expected - 1, running, None)
 
 
-def _batches(conn: Connection, start: int) -> Iterator[list[tuple[int, str, bytes]]]:
-    """Rows (seq, canonical text, hash) from ``start``, in batches, straight from the DBAPI cursor of
+def _batches(conn: Connection, start: int, end: int) -> Iterator[list[tuple[int, str, bytes]]]:
+    """Rows (seq, canonical text, hash) from ``start`` to ``end``, in batches, straight from the DBAPI cursor of
     ``conn`` (a server-side cursor on PostgreSQL, so a long chain is never held in memory)."""
     if not conn.in_transaction():
         conn.begin()
@@ -186,7 +246,7 @@ def _batches(conn: Connection, start: int) -> Iterator[list[tuple[int, str, byte
     else:
         cursor = dbapi.cursor()
     try:
-        cursor.execute(_CANONICAL[conn.dialect.name], (start,))
+        cursor.execute(_CANONICAL[conn.dialect.name], (start, end))
         while rows := cursor.fetchmany(BATCH):
             yield rows
     finally:

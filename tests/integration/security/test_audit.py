@@ -4,6 +4,7 @@ found by ``verify`` with the first bad sequence number named (issue 4, part 5)."
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Engine
 
-from openami.security import audit
+from openami.db.engine import create_engine
+from openami.security import audit, audit_verify
 from openami.security.audit_codec import canonical_entry
 from openami.security.audit_keys import AuditKeyError, EcdsaAuditSigner, load_or_create_signer
 from openami.security.audit_verify import _CANONICAL
@@ -27,13 +29,25 @@ def signer() -> EcdsaAuditSigner:
     return EcdsaAuditSigner.generate()
 
 
+_workers = [1]  # segments ``_verify`` asks for: every tamper test runs with one walk and with three
+
+
+@pytest.fixture(params=[1, 3], ids=["one-walk", "three-segments"])
+def segments(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    monkeypatch.setattr(audit_verify, "PARALLEL_MIN_ENTRIES", 0)  # cut even this short chain
+    _workers[0] = request.param
+    yield request.param
+    _workers[0] = 1
+
+
 @pytest.fixture
-def chain(engine: Engine, signer: EcdsaAuditSigner) -> Engine:
+def chain(engine: Engine, signer: EcdsaAuditSigner, segments: int) -> Engine:
     fill(engine, ENTRIES, signer=signer, every=EVERY)
     return engine
 
 
 def _verify(engine: Engine, signer: EcdsaAuditSigner, **kwargs: int) -> audit.VerifyResult:
+    kwargs.setdefault("workers", _workers[0])
     with engine.connect() as conn:
         return audit.verify(conn, public_key=signer.public_key(), **kwargs)
 
@@ -46,6 +60,13 @@ def test_intact_chain_verifies_with_its_checkpoints(chain: Engine, signer: Ecdsa
         seqs = conn.execute(sa.text("SELECT seq FROM audit_log ORDER BY seq")).scalars().all()
         assert audit.chain_head(conn)[0] == 23
     assert seqs == list(range(1, 24))
+
+
+def test_a_long_chain_is_cut_at_signed_checkpoints_into_about_equal_segments() -> None:
+    checkpoints = [audit_verify._Checkpoint(seq, bytes(32), 0) for seq in range(1000, 1_000_001, 1000)]
+    cuts = audit_verify._cuts(1, checkpoints, 3)
+    assert [cp.seq for cp in cuts] == [333_000, 667_000]
+    assert audit_verify._cuts(1, checkpoints[:10], 3) == []  # short chains: one walk
 
 
 def test_verify_from_a_sequence_starts_at_the_checkpoint_before_it(chain: Engine, signer: EcdsaAuditSigner) -> None:
@@ -237,6 +258,26 @@ def test_rolled_back_entry_leaves_no_trace_and_no_gap(engine: Engine, signer: Ec
     assert _verify(engine, signer).ok
 
 
+def test_a_writer_whose_idea_of_the_head_is_stale_appends_after_the_real_head(
+    engine: Engine, signer: EcdsaAuditSigner
+) -> None:
+    """Two engines (two processes' worth of writers) on one database: each remembers the head it
+    wrote last (PostgreSQL's one-round-trip append), which the other then moves on."""
+    other = create_engine(engine.url)
+    try:
+        fill(engine, 2)
+        with other.begin() as conn:
+            assert audit.record(conn, entry(3), now=T0) == 3
+        with engine.begin() as conn:  # this engine last wrote entry 2: the head is 3 now
+            assert audit.record(conn, entry(4), now=T0) == 4
+        with other.begin() as conn:
+            assert audit.record(conn, entry(5), now=T0) == 5
+    finally:
+        other.dispose()
+    result = _verify(engine, signer)
+    assert (result.ok, result.entries) == (True, 5), result.problem
+
+
 @pytest.mark.parametrize(
     "details",
     [{"password": "hunter2"}, {"api_token": "oam_x"}, {"guek": "00" * 16}, {"gak": "x"}, {"secret": "x"},
@@ -328,7 +369,7 @@ def test_database_renders_the_canonical_text_byte_for_byte(engine: Engine) -> No
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
         cursor = dbapi.cursor()
-        cursor.execute(_CANONICAL[conn.dialect.name], (1,))
+        cursor.execute(_CANONICAL[conn.dialect.name], (1, 2**62))
         rendered = {int(seq): text.encode() for seq, text, _ in cursor.fetchall()}
         cursor.close()
         rows = conn.execute(
