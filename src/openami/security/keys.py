@@ -38,6 +38,7 @@ from openami.db import counters as counter_repo
 from openami.db.tables import key_rotations as kr
 from openami.db.tables import meter_key_rotations as mkr
 from openami.db.tables import meter_keys as mk
+from openami.errors import NotFound, OpenAmiError
 from openami.security import keystore
 from openami.security.audit import AuditEntry, record
 from openami.security.keystore import MasterKeyProvider, MeterKeys
@@ -278,6 +279,32 @@ def load_key_set(conn: Connection, provider: MasterKeyProvider, meter_id: int) -
         return KeySet(active, version)
     new = load_new_keys(conn, provider, uncertain)
     return KeySet(active, version, PendingKeySet(uncertain.id, uncertain.guek_version, MeterKeys(new.guek, new.gak)))
+
+
+def load_key_sets(
+    conn: Connection, provider: MasterKeyProvider, meter_ids: Sequence[int]
+) -> tuple[dict[int, KeySet], dict[int, OpenAmiError]]:
+    """:func:`load_key_set` for many meters with a few queries: ({meter: key set}, {meter: why not})."""
+    active, failed = keystore.load_active_keys(conn, provider, meter_ids)
+    uncertain = {
+        r.meter_id: r
+        for r in open_rotations(conn, meter_ids=list(active))
+        if r.state is RotationState.UNCERTAIN
+    }
+    sets: dict[int, KeySet] = {}
+    for meter_id, (keys, version) in active.items():
+        rotation = uncertain.get(meter_id)
+        if rotation is None:
+            sets[meter_id] = KeySet(keys, version)
+            continue
+        try:
+            new = load_new_keys(conn, provider, rotation)
+        except (NotFound, keystore.KeyIntegrityError) as exc:
+            failed[meter_id] = exc
+            continue
+        pending = PendingKeySet(rotation.id, rotation.guek_version, MeterKeys(new.guek, new.gak))
+        sets[meter_id] = KeySet(keys, version, pending)
+    return sets, failed
 
 
 def _move(

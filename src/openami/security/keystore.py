@@ -27,6 +27,7 @@ import hmac
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -349,6 +350,54 @@ def load_meter_keys(conn: Connection, keystore: MasterKeyProvider, meter_id: int
     assert guek is not None
     assert gak is not None
     return MeterKeys(guek=guek, gak=gak, kek=found["kek"])
+
+
+def load_active_keys(
+    conn: Connection, keystore: MasterKeyProvider, meter_ids: Sequence[int]
+) -> tuple[dict[int, tuple[MeterKeys, int]], dict[int, OpenAmiError]]:
+    """:func:`load_meter_keys` for many meters in one query: ({meter: (keys, GUEK version)}, {meter:
+    why its keys are unusable}). A meter whose keys are missing or do not decrypt is in the second map
+    with the same NotFound / KeyIntegrityError the one-meter function raises, never in the first."""
+    rows = conn.execute(
+        sa.select(mk.c.meter_id, mk.c.key_kind, mk.c.key_version, mk.c.kek_id, mk.c.wrapped)
+        .where(mk.c.meter_id.in_(list(meter_ids)), mk.c.state == ACTIVE)
+        .order_by(mk.c.meter_id, mk.c.key_kind, mk.c.key_version)
+    )
+    newest: dict[int, dict[str, tuple[int, str, bytes]]] = {}
+    for meter_id, kind, version, kek_id, blob in rows:  # ascending versions: the last one wins
+        newest.setdefault(int(meter_id), {})[str(kind)] = (int(version), str(kek_id), bytes(blob))
+    loaded: dict[int, tuple[MeterKeys, int]] = {}
+    failed: dict[int, OpenAmiError] = {}
+    for meter_id in meter_ids:
+        try:
+            loaded[meter_id] = _unwrap_active(keystore, meter_id, newest.get(meter_id, {}))
+        except (NotFound, KeyIntegrityError) as exc:
+            failed[meter_id] = exc
+    return loaded, failed
+
+
+def _unwrap_active(
+    keystore: MasterKeyProvider, meter_id: int, stored: dict[str, tuple[int, str, bytes]]
+) -> tuple[MeterKeys, int]:
+    keys: dict[str, bytes | None] = {"kek": None}
+    for kind in _KINDS:
+        if kind not in stored:
+            if kind == "kek":
+                continue
+            raise NotFound(f"no {kind} stored for meter {meter_id}")
+        version, kek_id, blob = stored[kind]
+        if kek_id != keystore.key_id:
+            raise KeyIntegrityError(
+                f"the {kind} of meter {meter_id} is wrapped under master key {kek_id}, not {keystore.key_id}"
+            )
+        try:
+            keys[kind] = keystore.unwrap(blob, _aad(meter_id, kind, version))
+        except KeyIntegrityError:
+            raise KeyIntegrityError(f"the stored {kind} of meter {meter_id} failed authentication") from None
+    guek, gak = keys["guek"], keys["gak"]
+    assert guek is not None
+    assert gak is not None
+    return MeterKeys(guek=guek, gak=gak, kek=keys["kek"]), stored["guek"][0]
 
 
 def active_version(conn: Connection, meter_id: int, kind: str) -> int | None:

@@ -268,3 +268,26 @@ def _aad(meter_id: int, kind: str, version: int) -> bytes:
     from openami.security.keystore import _aad as aad  # noqa: PLC0415 - the blob format under test
 
     return aad(meter_id, kind, version)
+
+
+def test_bulk_key_sets_equal_the_one_meter_loader_for_every_kind_of_meter(engine: Engine) -> None:
+    """Startup loads every meter's keys a page at a time; it must agree with ``load_key_set`` meter by
+    meter: plain meters, a meter mid-rotation (uncertain: pending keys), one without a master key,
+    one with a key missing and one whose key is wrapped under another master key (both unusable)."""
+    plain, uncertain, no_kek, missing, foreign = _meters(engine, 5)
+    _request(engine, [uncertain])
+    with engine.begin() as conn:
+        assert keys.mark_sending(conn, _open(engine)[0].id, now=NOW)
+        for meter_id, kind in ((missing, "gak"), (no_kek, "kek")):
+            conn.execute(sa.delete(meter_keys).where(meter_keys.c.meter_id == meter_id, meter_keys.c.key_kind == kind))
+    with engine.begin() as conn:
+        store_meter_keys(conn, StaticMasterKey(bytes(32)), foreign, OLD, now=NOW)  # a new version, other master key
+    ids = [plain, uncertain, no_kek, missing, foreign]
+    with engine.connect() as conn:
+        sets, failed = keys.load_key_sets(conn, PROVIDER, ids)
+        one_by_one = {m: keys.load_key_set(conn, PROVIDER, m) for m in (plain, uncertain, no_kek)}
+    assert sets == one_by_one
+    assert sets[uncertain].pending is not None
+    assert sets[no_kek].active.kek is None
+    assert sorted(failed) == [missing, foreign]
+    assert failed[missing].code == "not-found"
