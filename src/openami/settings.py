@@ -113,6 +113,156 @@ class AuditSettings(BaseModel):
     bursts: dict[str, BurstThreshold] = Field(default_factory=_default_bursts)
 
 
+class GuardSettings(BaseModel):
+    """The off-switch guard and the disconnect calendar (docs/switch.md, "Off-switch guard and workflows").
+
+    Rate limits count admitted disconnects over a rolling window, fleet-wide and per area (substation).
+    A batch of more than ``approval_batch_size`` meters of a command in ``approval_commands`` waits for a
+    second, different approver. ``uncommanded_threshold`` switch openings no command explains, in one
+    area within ``uncommanded_window_s``, raise an alarm and (``auto_ignore_disconnects``) put that area's
+    meters in the signed ignore-disconnects mode. ``timezone`` is the calendar's local time (IANA name).
+    """
+
+    max_disconnects_fleet: int = Field(default=1000, ge=1, le=10_000_000)
+    max_disconnects_area: int = Field(default=200, ge=1, le=10_000_000)
+    rate_window_s: int = Field(default=3600, ge=1, le=7 * 86_400)
+    approval_batch_size: int = Field(default=10, ge=1, le=10_000_000)
+    approval_commands: list[str] = Field(default_factory=lambda: ["disconnect", "limit"])
+    uncommanded_threshold: int = Field(default=3, ge=1, le=100_000)
+    uncommanded_window_s: int = Field(default=900, ge=1, le=7 * 86_400)
+    auto_ignore_disconnects: bool = True
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+
+
+class PushSettings(BaseModel):
+    """The head-end's push listener and event pipeline (docs/events.md).
+
+    Notifications wait in a queue of ``queue_size`` for ``workers`` that store up to ``batch_size``
+    at a time; when the queue is full the listener stops reading sockets (backpressure, no loss).
+    At most ``max_connections`` connections are served at once; more wait in the kernel's backlog.
+    Events more than ``future_tolerance_s`` ahead of the head-end's clock, or more than
+    ``commissioning_slack_s`` before their meter's commissioning, are refused.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=4060, ge=0, le=65535)
+    queue_size: int = Field(default=50_000, ge=1, le=10_000_000)
+    workers: int = Field(default=2, ge=1, le=64)
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    max_connections: int = Field(default=1024, ge=1, le=100_000)
+    backlog: int = Field(default=4096, ge=1, le=65_535)
+    max_frame_bytes: int = Field(default=8192, ge=64, le=65_535)
+    idle_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    future_tolerance_s: float = Field(default=3600.0, ge=0.0)
+    commissioning_slack_s: float = Field(default=86_400.0, ge=0.0)
+
+
+class PrepaySettings(BaseModel):
+    """Prepayment (docs/prepayment.md): friendly-credit hours, reconnection, the background check, reconciliation.
+
+    Amounts are decimal strings in the account's currency (never floats). ``friendly_hours`` is the
+    default for new accounts ("mon-sun 18:00-08:00; sat-sun": evenings, nights, weekends), read in
+    ``timezone``, with ``holidays`` ("YYYY-MM-DD") friendly all day. A disconnected supply is reconnected
+    once a top-up brings the balance above ``reconnect_threshold``, ``reconnect_mode`` "armed" (the
+    customer closes the switch) or "immediate". Every ``check_interval_s`` standing charges are posted
+    and zero-credit accounts re-checked (friendly hours may have ended).
+    """
+
+    enabled: bool = True
+    friendly_hours: str = Field(default="mon-sun 18:00-08:00; sat-sun", max_length=255)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+    holidays: list[str] = Field(default_factory=list)
+    default_low_credit: str = Field(default="5.00", pattern=r"^\d{1,12}(\.\d{1,6})?$")
+    reconnect_threshold: str = Field(default="0", pattern=r"^\d{1,12}(\.\d{1,6})?$")
+    reconnect_mode: Literal["armed", "immediate"] = "armed"
+    command_valid_for_s: int = Field(default=3600, ge=60, le=7 * 86_400)
+    check_interval_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
+    reconcile_tolerance_wh: float = Field(default=100.0, ge=0.0)
+
+
+class SwitchSettings(BaseModel):
+    """Switch and limiter commands (docs/switch.md): the queue worker and the head-end's command slots.
+
+    A meter that does not answer is tried again after ``retry_backoff_s`` (doubling, at most
+    ``max_backoff_s``) until the command's validity ends; ``default_valid_for_s`` is the validity of a
+    command that names none, at most ``max_valid_for_s``. ``slots`` sessions run at once, apart from
+    bulk collection's.
+    """
+
+    enabled: bool = True
+    slots: int = Field(default=16, ge=1, le=1024)
+    poll_s: float = Field(default=0.5, gt=0.0, le=60.0)
+    retry_backoff_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    max_backoff_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
+    default_valid_for_s: int = Field(default=3600, ge=10, le=30 * 86_400)
+    max_valid_for_s: int = Field(default=7 * 86_400, ge=10, le=30 * 86_400)
+    max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    stale_sent_s: float = Field(default=120.0, ge=1.0, le=86_400.0)  # "sent" this long: its sender stopped
+
+
+class RevenueSettings(BaseModel):
+    """Revenue protection (docs/revenue-protection.md): energy balance tolerance, anomaly rule thresholds.
+
+    Energies are Wh. ``balance_tolerance`` is the share of a transformer's check-meter energy that may go
+    missing before it is flagged (technical losses are ~2-5 %). A suspect's consumption in the balance
+    period fell by ``suspect_drop_share`` or more against the ``balance_baseline_days`` before it. The
+    sustained-drop rule compares the mean per interval of the last ``drop_recent_days`` with the
+    ``drop_baseline_days`` before them. A rule in ``case_rules`` also opens (or adds to) a case.
+    """
+
+    enabled: bool = True
+    balance_days: float = Field(default=1.0, gt=0.0, le=92.0)
+    balance_tolerance: float = Field(default=0.05, ge=0.0, lt=1.0)
+    balance_min_wh: float = Field(default=500.0, ge=0.0)  # no flag below this much check-meter energy
+    balance_baseline_days: float = Field(default=7.0, gt=0.0, le=92.0)
+    suspect_drop_share: float = Field(default=0.25, gt=0.0, le=1.0)
+    max_suspects: int = Field(default=5, ge=1, le=100)
+    idle_import_wh: float = Field(default=100.0, ge=0.0)  # more than this on a disconnected/vacant premise
+    reverse_days: float = Field(default=1.0, gt=0.0, le=92.0)
+    reverse_min_wh: float = Field(default=50.0, ge=0.0)
+    register_tolerance_wh: float = Field(default=100.0, ge=0.0)  # move-out vs move-in register
+    register_window_h: float = Field(default=6.0, gt=0.0, le=168.0)
+    drop_recent_days: float = Field(default=7.0, gt=0.0, le=92.0)
+    drop_baseline_days: float = Field(default=28.0, gt=0.0, le=366.0)
+    drop_below_share: float = Field(default=0.5, gt=0.0, lt=1.0)
+    drop_min_baseline_wh: float = Field(default=20.0, ge=0.0)  # per interval: ignore nearly idle meters
+    min_coverage: float = Field(default=0.5, gt=0.0, le=1.0)  # share of a window's intervals that must be stored
+    case_rules: list[str] = Field(default_factory=lambda: ["consumption-while-disconnected", "energy-balance"])
+    scan_delay_s: float = Field(default=30.0, ge=0.0, le=86_400.0)  # quiet time after readings before a scan
+    scan_max_wait_s: float = Field(default=900.0, ge=0.0, le=86_400.0)  # ... but never postponed longer than this
+
+
+class OutageSettings(BaseModel):
+    """Outage detection and the OMS feed (docs/outages.md).
+
+    Last gasps are grouped until ``quiet_s`` pass without a new one, or ``settle_s`` after the first;
+    the inference (``min_delivery``, ``spurious``, ``device_prior``) then names the failed devices, and
+    up to ``ping_sample`` meters inside and ``ping_sample`` around each are pinged (``ping_timeout_s``)
+    to confirm, at most ``confirm_rounds`` times. Power back within ``momentary_s`` of the start is a
+    momentary outage. Restoration is verified ``restore_quiet_s`` after the last power-up (at most
+    ``restore_settle_s`` after the first). Webhook deliveries are tried ``webhook_attempts`` times,
+    waiting ``webhook_backoff_s`` (doubling) between tries, each with ``webhook_timeout_s``.
+    """
+
+    enabled: bool = True
+    quiet_s: float = Field(default=0.5, gt=0.0, le=60.0)
+    settle_s: float = Field(default=1.5, gt=0.0, le=60.0)
+    momentary_s: float = Field(default=3.0, ge=0.0, le=300.0)
+    min_delivery: float = Field(default=0.3, gt=0.0, le=1.0)
+    spurious: float = Field(default=1e-4, gt=0.0, lt=0.5)
+    device_prior: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    ping_sample: int = Field(default=5, ge=0, le=1000)
+    ping_timeout_s: float = Field(default=2.0, gt=0.0, le=60.0)
+    confirm_rounds: int = Field(default=2, ge=0, le=5)
+    restore_quiet_s: float = Field(default=1.0, gt=0.0, le=600.0)
+    restore_settle_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    max_event_age_s: float = Field(default=900.0, gt=0.0)  # older power events (a late event-log read) are history
+    webhook_attempts: int = Field(default=6, ge=1, le=50)
+    webhook_backoff_s: float = Field(default=2.0, gt=0.0, le=3600.0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=120.0)
+
+
 class Settings(BaseSettings):
     """Everything configurable. Build it where the program starts, never at import time."""
 
@@ -129,6 +279,12 @@ class Settings(BaseSettings):
     vee: VeeSettings = VeeSettings()
     audit: AuditSettings = AuditSettings()
     identity: IdentitySettings = IdentitySettings()
+    revenue: RevenueSettings = RevenueSettings()
+    push: PushSettings = PushSettings()
+    guard: GuardSettings = GuardSettings()
+    prepay: PrepaySettings = PrepaySettings()
+    switch: SwitchSettings = SwitchSettings()
+    outages: OutageSettings = OutageSettings()
 
     @property
     def resolved_database_url(self) -> str:

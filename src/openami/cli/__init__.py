@@ -15,9 +15,16 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "openami.cli.sim": ("sim",),
     "openami.cli.platform": ("run", "meters", "readings"),
     "openami.cli.keys": ("keys",),
+    "openami.cli.switch": ("switch",),
+    "openami.cli.guard": ("guard", "calendar"),
+    "openami.cli.workflows": ("workflow",),
     "openami.cli.audit": ("audit", "security"),
     "openami.cli.pki": ("pki",),
     "openami.cli.accounts": ("accounts",),
+    "openami.cli.prepay": ("prepay",),
+    "openami.cli.events": ("events",),
+    "openami.cli.cases": ("cases", "balance"),
+    "openami.cli.outages": ("outages", "topology_group", "webhooks"),
 }
 
 

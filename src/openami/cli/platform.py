@@ -199,7 +199,11 @@ def run(sim_meters: int, seed: int, sim_port: int, host: str | None, port: int |
         engine = open_storage(settings)
     except OpenAmiError as exc:
         raise _fail(f"cannot open the database: {exc.message}") from None
-    fleet = _start_fleet(settings, engine, sim_meters, seed, sim_port) if sim_meters else None
+    try:  # the command authority exists before the fleet starts: the simulated meters pin its certificate
+        authority_pem = _authority_pem(settings, engine)
+    except OpenAmiError as exc:
+        raise _fail(f"cannot load the command authority: {exc.message}") from None
+    fleet = _start_fleet(settings, engine, sim_meters, seed, sim_port, authority_pem) if sim_meters else None
     try:
         token = ensure_admin_token(engine, now=datetime.now(UTC))
         if token is not None:
@@ -226,14 +230,32 @@ def _write_private(path: Path, text: str) -> None:
         fd.write(text + "\n")
 
 
-def _start_fleet(settings: Settings, engine: Any, count: int, seed: int, port: int) -> Any:
+def _authority_pem(settings: Settings, engine: Any) -> str:
+    """Load (or create on first run) the command authority; its certificate PEM for the meters to pin."""
+    from openami.security import command_authority  # noqa: PLC0415
+    from openami.security.keystore import master_key_provider  # noqa: PLC0415
+    from openami.services.pki import ca_files  # noqa: PLC0415
+
+    with engine.begin() as conn:
+        authority = command_authority.load_or_create(
+            conn, master_key_provider(settings), ca_files(settings), now=datetime.now(UTC)
+        )
+    return authority.certificate_pem
+
+
+def _start_fleet(settings: Settings, engine: Any, count: int, seed: int, port: int, authority_pem: str) -> Any:
     from openami.security.keystore import master_key_provider  # noqa: PLC0415
     from openami.sim.fleet import FleetConfig  # noqa: PLC0415 - the simulator is only for --sim
     from openami.sim.runner import start_fleet_processes  # noqa: PLC0415
 
     path = settings.data_dir / "sim-commissioning.json"
     _err.print(f"starting a simulated fleet of {count} meters (seed {seed})...")
-    handle = start_fleet_processes(FleetConfig(meters=count, seed=seed, port=port), commissioning_path=path)
+    push_host = settings.push.host if settings.push.enabled and settings.push.port else None  # the push listener
+    config = FleetConfig(
+        meters=count, seed=seed, port=port, push_host=push_host, push_port=settings.push.port,
+        authority_certificate_pem=authority_pem,
+    )  # fmt: skip
+    handle = start_fleet_processes(config, commissioning_path=path)
     document = json.loads(path.read_text(encoding="utf-8"))
     ids = meter_services.import_commissioning(engine, master_key_provider(settings), document, now=datetime.now(UTC))
     _err.print(f"fleet ready: {len(ids)} meters imported from {path}")

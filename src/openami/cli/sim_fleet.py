@@ -9,6 +9,8 @@ from types import FrameType
 
 import click
 
+from openami.protocols.dlms.errors import EncodeError
+from openami.protocols.dlms.signed_command import certificate_der_from_pem, public_key_from_certificate
 from openami.sim.fleet import DEFAULT_PORT, Fleet, FleetConfig, build_fleet
 from openami.sim.runner import start_fleet_processes
 
@@ -17,6 +19,33 @@ __all__ = ["fleet"]
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _authority_pem(path: Path | None) -> str | None:
+    """The certificate file's PEM, checked to hold a P-256 key (a bad file fails here, not in every meter)."""
+    if path is None:
+        return None
+    pem = path.read_text(encoding="ascii", errors="replace")
+    try:
+        public_key_from_certificate(certificate_der_from_pem(pem))
+    except EncodeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--authority-cert") from exc
+    return pem
+
+
+def _push_address(push: str) -> tuple[str, int]:
+    host, _, port = push.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65_535:
+        raise click.BadParameter(f"{push!r} is not HOST:PORT", param_hint="--push")
+    return host.strip("[]"), int(port)
+
+
+def _push_host(push: str | None) -> str | None:
+    return None if push is None else _push_address(push)[0]
+
+
+def _push_port(push: str | None) -> int:
+    return 0 if push is None else _push_address(push)[1]
 
 
 def _span(fleet: Fleet) -> str:
@@ -54,6 +83,19 @@ def _span(fleet: Fleet) -> str:
 @click.option(
     "--random-keys", is_flag=True, help="Draw keys from the OS CSPRNG instead of deriving them from the seed."
 )
+@click.option(
+    "--authority-cert",
+    "authority_cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Command authority certificate (PEM) every meter pins; without it meters refuse every signed command.",
+)
+@click.option(
+    "--push",
+    "push",
+    metavar="HOST:PORT",
+    help="Where meters push their events (the head-end's push listener); without it they only log them.",
+)
+@click.option("--check-meters", is_flag=True, help="Add a check meter at every transformer (energy balance).")
 def fleet(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     meters: int,
     seed: int,
@@ -65,12 +107,17 @@ def fleet(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     flaky: float,
     drift: float,
     random_keys: bool,
+    authority_cert: Path | None,
+    push: str | None,
+    check_meters: bool,
 ) -> None:
     """Run a fleet of simulated DLMS meters on loopback until SIGINT/SIGTERM; write its commissioning file."""
     try:
         config = FleetConfig(
             meters=meters, seed=seed, flaky_fraction=flaky, drift_fraction=drift, single_address=single_address,
             port=base_port, random_keys=random_keys, days=days,
+            authority_certificate_pem=_authority_pem(authority_cert),
+            push_host=_push_host(push), push_port=_push_port(push), check_meters=check_meters,
         )  # fmt: skip
         built = build_fleet(config)
     except ValueError as exc:
@@ -97,7 +144,9 @@ def _run(built: Fleet, out: Path, processes: int | None) -> None:
             click.echo(f"listening: worker pid {pid}: {len(part)} meters on {where}")
         click.echo(
             f"ready: {len(running.meters)} meters on {_span(running)} in {len(handle.pids)} processes "
-            f"({len(running.flaky)} flaky, {len(running.drifting)} drifting clocks); "
+            f"({len(running.flaky)} flaky, {len(running.drifting)} drifting clocks, "
+            f"{len(running.check_meters)} transformer check meters; pushing to "
+            f"{f'{running.config.push_host}:{running.config.push_port}' if running.config.push_host else 'nowhere'}); "
             f"commissioning file {handle.commissioning_path.resolve() if handle.commissioning_path else '-'}",
         )
         while handle.alive():

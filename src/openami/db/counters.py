@@ -187,6 +187,13 @@ def switch_key_version(
     return get(conn, meter_id)
 
 
+def switch_key_versions(conn: Connection, meter_ids: Sequence[int], key_version: int, *, now: datetime) -> None:
+    """:func:`switch_key_version` for many meters that have seen nothing under the new key yet."""
+    params = [{"meter_id": m, "key_version": key_version, "server": None, "now": now} for m in meter_ids]
+    if params:
+        conn.execute(_SWITCH, params)
+
+
 def reserve_client_ics(conn: Connection, meter_id: int, count: int, *, now: datetime) -> int:
     """Atomically reserve ``count`` consecutive client invocation counters; returns the first one.
 

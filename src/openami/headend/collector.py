@@ -26,13 +26,17 @@ from openami.bus.base import Bus
 from openami.bus.topics import READINGS_COLLECTED
 from openami.db import collection as runs_repo
 from openami.db import comm_errors
+from openami.db import meter_events as events_repo
 from openami.db import readings as readings_repo
+from openami.db.meter_events import EventRow
 from openami.domain.messages import CollectedReadings
 from openami.errors import AssociationRejected, AuthenticationFailed, MeterCommunicationError, NotFound
 from openami.headend import keys as key_rotation
 from openami.headend.counters import CounterStore
+from openami.headend.events import EventPipeline
 from openami.headend.reader import (
     INTERVAL_S,
+    EventLogState,
     MeterSecurityFailure,
     MeterTarget,
     ProfileLayout,
@@ -86,6 +90,8 @@ class Collector:
         self._layouts: dict[int, ProfileLayout] = {}  # learnt once per meter (per process)
         self._last_block: dict[int, int] = {}  # first client IC of the newest block used per meter
         self._locks: dict[int, asyncio.Lock] = {}
+        self.events: EventPipeline | None = None  # set by the platform: event-log reads go there
+        self._event_logs: dict[int, EventLogState] = {}  # per meter, seeded by _since (per process)
 
     async def close(self) -> None:
         await self.counters.close()
@@ -159,6 +165,8 @@ class Collector:
         with self._engine.connect() as conn:
             last_actual = readings_repo.last_actual_interval_ends(conn, meter_ids)
             first_estimate = readings_repo.first_estimated_interval_ends(conn, meter_ids, floor)
+        if self.events is not None:
+            self._seed_event_logs(meter_ids, floor)
         since: dict[int, int] = {}
         for meter_id in meter_ids:
             start = last_actual.get(meter_id) or floor
@@ -167,6 +175,17 @@ class Collector:
                 start = min(start, estimate - INTERVAL_S)
             since[meter_id] = max(floor, start)
         return since
+
+    def _seed_event_logs(self, meter_ids: Sequence[int], floor: int) -> None:
+        """Where each meter's event-log read starts the first time: its newest logged event stored, or
+        the catch-up limit. Later reads start where the previous one ended (kept in memory)."""
+        missing = [m for m in meter_ids if m not in self._event_logs]
+        if not missing:
+            return
+        with self._engine.connect() as conn:
+            newest = events_repo.newest_log_times(conn, missing)
+        for meter_id in missing:
+            self._event_logs[meter_id] = EventLogState(read_to=max(floor, newest.get(meter_id, floor)))
 
     async def _read_with_retries(
         self,
@@ -230,6 +249,7 @@ class Collector:
                 return await read_meter(
                     target,
                     layout=self._layouts.get(meter_id),
+                    event_log=self._event_logs.get(meter_id) if self.events is not None else None,
                     client_system_title=self._client_system_title,
                     counters=counters,
                     since=since,
@@ -247,6 +267,8 @@ class Collector:
                 self.targets[meter_id] = target
             elapsed = loop.time() - started
             self._layouts[meter_id] = result.layout
+            if result.event_log is not None:
+                self._event_logs[meter_id] = result.event_log
             await self.counters.record(
                 meter_id,
                 client_ic_next=result.counters.client_ic_next,
@@ -254,6 +276,11 @@ class Collector:
                 key_version=target.key_version,
             )
         await self._bus.publish(READINGS_COLLECTED, result.readings)
+        if result.events and self.events is not None:
+            received = result.readings.read_at.timestamp()
+            await self.events.submit_log(
+                [EventRow(meter_id, e.code, e.meter_time, received, "log", e.value) for e in result.events]
+            )
         return result.readings, elapsed
 
     def meter_lock(self, meter_id: int) -> asyncio.Lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 from openami.domain.messages import CollectedReadings
 from openami.domain.meters import CustomerClass
@@ -22,6 +23,7 @@ from openami.errors import (
     MeterUnreachable,
 )
 from openami.protocols.dlms import obis as obis_codes
+from openami.protocols.dlms.apdu import DataAccessResult
 from openami.protocols.dlms.client import DlmsClient, ProfileRow
 from openami.protocols.dlms.client_connection import ClientSettings
 from openami.protocols.dlms.cosem.profile import CaptureObject, parse_time
@@ -33,7 +35,12 @@ from openami.protocols.dlms.errors import (
     ReplayError,
     SecurityError,
 )
-from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTimeoutError, HlsAuthenticationError
+from openami.protocols.dlms.session_errors import (
+    ConnectionClosedError,
+    DlmsTimeoutError,
+    HlsAuthenticationError,
+    ServiceError,
+)
 
 INTERVAL_S = 900
 
@@ -122,10 +129,35 @@ class ProfileLayout:
 
 
 @dataclass(frozen=True, slots=True)
+class EventLogState:
+    """What the head-end knows of one meter's event log (0.0.99.98.0.255), cached per meter.
+
+    ``read_to`` is the meter time (epoch s) up to which the log has been read; ``present`` None
+    until the meter has told (its answer to ``entries_in_use``); ``entries_in_use`` as at the last
+    read: unchanged and below ``profile_entries`` means nothing new, so nothing is requested.
+    """
+
+    read_to: int
+    present: bool | None = None
+    entries_in_use: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One event-log row: the meter's time stamp (epoch s), openami's event code, the value."""
+
+    meter_time: int
+    code: int
+    value: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     readings: CollectedReadings
     counters: SessionCounters
     layout: ProfileLayout
+    event_log: EventLogState | None = None
+    events: tuple[LoggedEvent, ...] = ()
 
 
 class _Steps:
@@ -163,6 +195,7 @@ async def read_meter(  # noqa: PLR0913 - all keyword-only, each one needed
     until: int,
     timeout_s: float,
     layout: ProfileLayout | None = None,
+    event_log: EventLogState | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ReadResult:
     """Read intervals ending in (since, until] plus clock and registers; raise MeterCommunicationError.
@@ -170,6 +203,10 @@ async def read_meter(  # noqa: PLR0913 - all keyword-only, each one needed
     ``since`` is the last interval end already held (epoch s); the profile is read from the capture
     at ``since`` (to difference the cumulative registers) up to ``until``. ``layout`` is the meter's
     profile layout when known from an earlier read (saves a request); the result carries it.
+
+    ``event_log`` (None: the event log is not read) is what is known of the meter's event log: its
+    size is asked in the same GET-with-list as the clock, and its new rows are read by range in one
+    more request only when that size says there are any (``events`` and ``event_log`` in the result).
     """
     steps = _Steps()
     first_end = floor_interval(since) + INTERVAL_S
@@ -180,7 +217,10 @@ async def read_meter(  # noqa: PLR0913 - all keyword-only, each one needed
             steps.current = "identify"
             _check_identity(client, target)
             steps.current = "registers"
-            meter_clock, registers, scalers = await _read_clock_and_registers(client, target.meter_id)
+            wants_log = event_log is not None and event_log.present is not False
+            meter_clock, registers, scalers, log_size = await _read_clock_and_registers(
+                client, target.meter_id, with_event_log=wants_log
+            )
             read_at = now()
             steps.current = "profile"
             if layout is None:
@@ -191,6 +231,10 @@ async def read_meter(  # noqa: PLR0913 - all keyword-only, each one needed
                 datetime.fromtimestamp(last_end, UTC),
                 columns=layout.columns,
             )
+            events: tuple[LoggedEvent, ...] = ()
+            if event_log is not None and wants_log:
+                steps.current = "event-log"
+                event_log, events = await _read_event_log(client, event_log, log_size, meter_clock)
             steps.current = "release"
     except MeterCommunicationError:
         raise
@@ -212,7 +256,7 @@ async def read_meter(  # noqa: PLR0913 - all keyword-only, each one needed
     )
     server_ic = client.server_invocation_counter
     counters_after = SessionCounters(client.client_invocation_counter, None if server_ic < 0 else server_ic)
-    return ReadResult(readings, counters_after, layout)
+    return ReadResult(readings, counters_after, layout, event_log, events)
 
 
 def _check_identity(client: DlmsClient, target: MeterTarget) -> None:
@@ -225,13 +269,26 @@ def _check_identity(client: DlmsClient, target: MeterTarget) -> None:
 _UNITS = {27: "W", 30: "Wh", 32: "varh", 33: "A", 35: "V"}
 _REGISTERS = (obis_codes.ACTIVE_IMPORT, obis_codes.ACTIVE_EXPORT)
 _CLOCK_AND_REGISTERS = [(obis_codes.CLOCK, 8, 2)] + [(code, 3, attr) for code in _REGISTERS for attr in (2, 3)]
+_EVENT_LOG_SIZE = [(obis_codes.EVENT_LOG, 7, 7), (obis_codes.EVENT_LOG, 7, 8)]  # entries_in_use, profile_entries
+_EVENT_LOG_COLUMNS = (
+    CaptureObject(8, obis_codes.CLOCK, 2),
+    CaptureObject(1, obis_codes.EVENT_CODE, 2),
+    CaptureObject(1, obis_codes.Obis(0, 128, 96, 11, 0, 255), 2),  # the event's value (manufacturer-specific)
+)
+_NO_SUCH_OBJECT = frozenset({DataAccessResult.OBJECT_UNDEFINED, DataAccessResult.OBJECT_UNAVAILABLE})
+LogSize = tuple[int, int] | Literal["absent", "unknown"]  # (entries_in_use, profile_entries), or why not
 
 
 async def _read_clock_and_registers(
-    client: DlmsClient, meter_id: int
-) -> tuple[datetime, tuple[RegisterSnapshot, ...], tuple[int, ...]]:
-    """Clock and both energy registers (value, scaler_unit) in one GET-with-list: one round trip."""
-    answers = await client.get_with_list(_CLOCK_AND_REGISTERS)
+    client: DlmsClient, meter_id: int, *, with_event_log: bool = False
+) -> tuple[datetime, tuple[RegisterSnapshot, ...], tuple[int, ...], LogSize]:
+    """Clock and both energy registers (value, scaler_unit) in one GET-with-list: one round trip.
+
+    ``with_event_log`` adds the event log's entries_in_use and profile_entries to the same request.
+    """
+    answers = await client.get_with_list(
+        _CLOCK_AND_REGISTERS + _EVENT_LOG_SIZE if with_event_log else _CLOCK_AND_REGISTERS
+    )
     clock = answers[0]
     if not isinstance(clock, bytes | CosemDateTime):
         raise MeterCommunicationError(f"clock answered {clock!r}", step="registers")
@@ -247,7 +304,53 @@ async def _read_clock_and_registers(
         scaled = float(value) * 10.0**scaler
         unit_name = _UNITS.get(unit, str(unit))
         snapshots.append(RegisterSnapshot(meter_id, str(code), meter_clock, scaled, unit_name, meter_clock))
-    return meter_clock, tuple(snapshots), tuple(scalers)
+    log_size: LogSize = _log_size(answers[len(_CLOCK_AND_REGISTERS) :]) if with_event_log else "unknown"
+    return meter_clock, tuple(snapshots), tuple(scalers), log_size
+
+
+def _log_size(answers: Sequence[object]) -> LogSize:
+    in_use, capacity = answers
+    if isinstance(in_use, DataAccessResult):
+        return "absent" if in_use in _NO_SUCH_OBJECT else "unknown"
+    if isinstance(in_use, int) and isinstance(capacity, int):
+        return int(in_use), int(capacity)
+    return "unknown"
+
+
+async def _read_event_log(
+    client: DlmsClient, state: EventLogState, size: LogSize, meter_clock: datetime
+) -> tuple[EventLogState, tuple[LoggedEvent, ...]]:
+    """The log's rows since ``state.read_to``, by range, when its size says there are new ones."""
+    if size == "absent":  # the meter has no event log: remember it, never ask again
+        return replace(state, present=False), ()
+    if size == "unknown":  # the meter could not tell this time: ask again next session
+        return state, ()
+    in_use, capacity = size
+    end = int(meter_clock.timestamp())
+    if in_use == 0 or (in_use == state.entries_in_use and in_use < capacity):
+        return EventLogState(max(state.read_to, end), True, in_use), ()  # nothing new since the last read
+    start = min(state.read_to, end)
+    try:
+        rows = await client.read_profile(
+            obis_codes.EVENT_LOG,
+            datetime.fromtimestamp(start, UTC),
+            datetime.fromtimestamp(end, UTC),
+            columns=_EVENT_LOG_COLUMNS,
+        )
+    except ServiceError:  # refused by the meter: the readings stand, the log is asked again next time
+        return state, ()
+    return EventLogState(end, True, in_use), tuple(_logged(row) for row in rows if _is_event(row))
+
+
+def _is_event(row: ProfileRow) -> bool:
+    """A row openami can read (``{clock, long-unsigned code, null or number}``); others are skipped."""
+    values = row.values
+    return len(values) >= 2 and isinstance(values[0], int) and (values[1] is None or isinstance(values[1], int | float))
+
+
+def _logged(row: ProfileRow) -> LoggedEvent:
+    value = row.values[1]
+    return LoggedEvent(int(row.clock.timestamp()), int(row.values[0]), None if value is None else float(value))  # type: ignore[arg-type]
 
 
 Columns = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[int, ...]]

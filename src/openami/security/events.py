@@ -46,7 +46,7 @@ __all__ = [
 Detail = str | int | float | bool | None
 KINDS = frozenset(
     {"meter.bad-tag", "meter.hls-failed", "meter.replay", "api.login-failed", "api.denied", "api.lockout",
-     "api.bad-certificate"}
+     "api.bad-certificate", "meter.command-refused"}
 )  # fmt: skip
 ALERT_STATES = ("open", "acknowledged", "closed")
 _KIND = re.compile(r"[a-z]+(\.[a-z0-9-]+)+")

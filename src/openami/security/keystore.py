@@ -27,7 +27,7 @@ import hmac
 import os
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +68,7 @@ MASTER_KEY_BYTES = 32
 _FORMAT = b"\x01"  # blob = format byte || 12-byte nonce || ciphertext || 16-byte tag
 _NONCE_BYTES = 12
 _KINDS = ("guek", "gak", "kek")
+_IN_CHUNK = 5000
 ACTIVE, PENDING, RETIRED = "active", "pending", "retired"
 
 
@@ -276,6 +277,30 @@ def store_meter_keys(
             counter_repo.switch_key_version(conn, meter_id, version, server_ic_last=None, now=now)
         changed = changed or kind != "kek"
     return changed
+
+
+def store_first_keys(
+    conn: Connection, keystore: MasterKeyProvider, keys: Mapping[int, MeterKeys], *, now: datetime
+) -> set[int]:
+    """Commission many meters at once: every meter in ``keys`` that has no stored key at all gets its
+    keys as version 1, active, and its counters in that key's space, in a few statements. Returns the
+    meters it stored; the others (keys stored before) are left for :func:`store_meter_keys`."""
+    known = set(conn.execute(sa.select(mk.c.meter_id).where(mk.c.meter_id.in_(list(keys))).distinct()).scalars())
+    fresh = [m for m in keys if m not in known]
+    rows = [
+        {
+            "meter_id": meter_id, "key_kind": kind, "key_version": 1, "kek_id": keystore.key_id,
+            "wrapped": keystore.wrap(key, _aad(meter_id, kind, 1)), "created_at": now, "state": ACTIVE,
+            "state_changed_at": now,
+        }
+        for meter_id in fresh
+        for kind in _KINDS
+        if (key := getattr(keys[meter_id], kind)) is not None
+    ]  # fmt: skip
+    if rows:
+        conn.execute(sa.insert(mk), rows)
+        counter_repo.switch_key_versions(conn, fresh, 1, now=now)
+    return set(fresh)
 
 
 def store_key_version(

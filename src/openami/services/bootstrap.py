@@ -14,9 +14,14 @@ from openami.headend.collector import Collector, RunSummary
 from openami.headend.scheduler import Scheduler
 from openami.mdm.ingest import Ingestor
 from openami.security.keystore import master_key_provider
-from openami.services import identity
+from openami.services import events as event_services
+from openami.services import identity, outage_feed, switch_guard
 from openami.services import keys as key_services
+from openami.services import prepay as prepay_services
+from openami.services import revenue as revenue_services
 from openami.services import security as security_services
+from openami.services import switch as switch_services
+from openami.services import workflows as workflow_services
 from openami.services.context import Platform
 from openami.services.meters import load_targets
 from openami.settings import Settings
@@ -40,6 +45,7 @@ def build_platform(
 ) -> Platform:
     """Everything wired together; call ``start_platform`` inside the event loop before use."""
     security_services.configure(settings)  # audit checkpoints signed with the platform's audit key, burst rules
+    switch_guard.configure(settings.guard)  # rate limits, two-person rule, uncommanded openings
     engine = engine or open_storage(settings)
     keystore = master_key_provider(settings)
     bus = InProcessBus()
@@ -76,13 +82,26 @@ async def start_platform(platform: Platform) -> None:
     Each capability starts its own part here (command queue, push listener, outage engine, ...) and
     stops it in :func:`stop_platform`, in reverse order.
     """
+    await outage_feed.start(platform)  # outage engine and webhooks: subscribed before events flow
+    switch_guard.start_detector(platform)  # uncommanded openings -> alarm, ignore mode; before events flow
+    await event_services.start_pipeline(platform)  # push listener and event pipeline
+    prepay_services.start(platform)  # prepayment: debits on stored readings, standing charges, switch decisions
+    switch_services.start_queue(platform)  # the command authority, then the switch command queue
+    revenue_services.start(platform)  # tamper events open cases; scans after collection runs
 
 
 async def stop_platform(platform: Platform) -> None:
     """Stop background parts, flush everything in flight (counters, readings) and close the bus."""
+    await revenue_services.stop(platform)
+    switch_guard.stop_detector(platform)
+    await workflow_services.stop_background(platform)
+    await switch_services.stop_queue(platform)
+    await event_services.stop_pipeline(platform)
+    await outage_feed.stop(platform)
     await key_services.stop_background(platform)
     await platform.collector.close()
     await platform.bus.drain()
     await platform.ingestor.close()
     await platform.bus.close()
+    await prepay_services.stop(platform)  # after the bus closed: every stored read was debited
     platform.engine.dispose()

@@ -5,16 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
 from openami.bus.base import Bus
 from openami.headend.collector import Collector
+from openami.headend.events import EventPipeline
+from openami.headend.push_listener import PushListener
 from openami.headend.scheduler import Scheduler
 from openami.mdm.ingest import Ingestor
+from openami.security.command_authority import CommandAuthority
 from openami.security.keystore import MasterKeyProvider
 from openami.security.policy import ALL_SCOPES, RequestScope, Role
+from openami.services.outage import OutageEngine
+from openami.services.prepay_engine import PrepayEngine
+from openami.services.revenue_engine import RevenueMonitor
 from openami.settings import Settings
+
+if TYPE_CHECKING:
+    from openami.services.switch import CommandQueue
+    from openami.services.switch_guard import UncommandedOpeningDetector
 
 __all__ = ["ALL_SCOPES", "Platform", "RequestScope", "Role"]
 
@@ -31,3 +42,11 @@ class Platform:
     collector: Collector
     scheduler: Scheduler
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    push_listener: PushListener | None = None
+    events: EventPipeline | None = None
+    authority: CommandAuthority | None = None  # the command authority (services.switch.ensure_authority)
+    commands: CommandQueue | None = None  # the switch command queue (services.switch.start_queue)
+    prepay: PrepayEngine | None = None
+    revenue: RevenueMonitor | None = None  # revenue protection (services.revenue.start)
+    outages: OutageEngine | None = None  # the outage engine (services.outage_feed.start)
+    guard: UncommandedOpeningDetector | None = None  # the off-switch guard's detector (services.switch_guard)

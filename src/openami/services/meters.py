@@ -6,16 +6,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from openami.db import meters as meter_repo
+from openami.db import revenue as revenue_repo
+from openami.db.tables import transformers
 from openami.domain.meters import Meter
-from openami.errors import InvalidInput, NotFound
+from openami.errors import InvalidInput
 from openami.headend.keys import make_target
 from openami.headend.reader import MeterTarget
 from openami.security import keys as key_management
-from openami.security.keystore import KeyIntegrityError, MasterKeyProvider, MeterKeys, store_meter_keys
+from openami.security.keystore import MasterKeyProvider, MeterKeys, store_first_keys, store_meter_keys
 from openami.security.policy import authorize, visible_meters
 from openami.services.context import RequestScope
 
@@ -35,25 +38,46 @@ def import_commissioning(
         ) from None
     with engine.begin() as conn:
         ids = meter_repo.import_commissioning(conn, document, now=now)
+        _record_check_meters(conn, document, ids, now=now)
+        first = store_first_keys(conn, keystore, {ids[serial]: keys[serial] for serial in ids}, now=now)
         for serial, meter_id in ids.items():
+            if meter_id in first:
+                continue  # new meters: stored in bulk, nothing to supersede
             if store_meter_keys(conn, keystore, meter_id, keys[serial], now=now):  # the file says what the meter holds
                 key_management.cancel_open_rotations(conn, meter_id, actor="system:import", now=now)
     return ids
 
 
+def _record_check_meters(conn: Connection, document: Mapping[str, Any], ids: Mapping[str, int], *, now: Any) -> None:
+    """Meters with ``check_for_transformer`` (and no service point) measure that transformer's whole load."""
+    pairs: dict[int, str] = {}
+    for entry in document.get("meters", []):
+        transformer_id = entry.get("check_for_transformer")
+        if transformer_id is None:
+            continue
+        if not isinstance(transformer_id, str) or entry.get("service_point_id") is not None:
+            raise InvalidInput(f"meter {entry['serial']}: a check meter names a transformer and no service point")
+        pairs[ids[entry["serial"]]] = transformer_id
+    unknown = set(pairs.values()) - set(
+        conn.execute(sa.select(transformers.c.id).where(transformers.c.id.in_(sorted(set(pairs.values()))))).scalars()
+    )
+    if unknown:
+        raise InvalidInput(f"check meters name unknown transformers: {sorted(unknown)[:5]}")
+    revenue_repo.record_check_meters(conn, pairs, now=now)
+
+
 def load_targets(engine: Engine, keystore: MasterKeyProvider) -> dict[int, MeterTarget]:
-    """Every registered meter as a read target, keys unwrapped in memory only."""
+    """Every registered meter as a read target, keys unwrapped in memory only (a few queries a page)."""
     targets: dict[int, MeterTarget] = {}
     with engine.connect() as conn:
         after: int | None = None
-        while page := meter_repo.list_meters(conn, after_id=after, limit=1000):
+        while page := meter_repo.list_meters(conn, after_id=after, limit=5000):
+            key_sets, unusable = key_management.load_key_sets(conn, keystore, [m.id for m in page])
+            for meter_id, exc in unusable.items():  # unreadable without keys: say so, keep the rest
+                _log.error("headend.meter.keys_unusable", meter_id=meter_id, error=exc.code)
             for meter in page:
-                try:
-                    key_set = key_management.load_key_set(conn, keystore, meter.id)
-                except (NotFound, KeyIntegrityError) as exc:  # unreadable without keys: say so, keep the rest
-                    _log.error("headend.meter.keys_unusable", meter_id=meter.id, error=exc.code)
-                    continue
-                targets[meter.id] = make_target(meter, key_set)  # with pending keys while a rotation is uncertain
+                if meter.id in key_sets:  # with pending keys while a rotation is uncertain
+                    targets[meter.id] = make_target(meter, key_sets[meter.id])
             after = page[-1].id
     return targets
 

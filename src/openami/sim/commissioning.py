@@ -52,6 +52,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
 _TOP = frozenset({"format", "version", "generated_at", "seed", *_SECTIONS})
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+_CHECK = "check_for_transformer"
 _KEY_SETS = ({"guek", "gak"}, {"guek", "gak", "kek"})  # kek (master key for key transfer) since issue 4
 
 
@@ -72,22 +73,26 @@ def commissioning_document(fleet: Fleet, generated_at: datetime | None = None) -
             {"id": sp.id, "premise_id": sp.premise_id, "transformer_id": sp.transformer_id, "phase": sp.phase.value}
             for sp in topology.service_points
         ],
-        "meters": [
-            {
-                "serial": m.serial,
-                "kind": "electric",
-                "customer_class": m.customer_class.value,
-                "host": m.host,
-                "port": m.port,
-                "system_title": m.system_title.hex(),
-                "model": MODEL,
-                "firmware": FIRMWARE,
-                "service_point_id": m.service_point_id,
-                "keys": _keys_json(m),
-            }
-            for m in fleet.meters
-        ],
+        "meters": [_meter_json(m) for m in fleet.meters],
     }
+
+
+def _meter_json(meter: SimMeter) -> dict[str, Any]:
+    entry = {
+        "serial": meter.serial,
+        "kind": "electric",
+        "customer_class": meter.customer_class.value,
+        "host": meter.host,
+        "port": meter.port,
+        "system_title": meter.system_title.hex(),
+        "model": MODEL,
+        "firmware": FIRMWARE,
+        "service_point_id": meter.service_point_id,
+        "keys": _keys_json(meter),
+    }
+    if meter.check_for_transformer is not None:  # a transformer's check meter (contract: no service point)
+        entry["check_for_transformer"] = meter.check_for_transformer
+    return entry
 
 
 def _keys_json(meter: SimMeter) -> dict[str, str]:
@@ -134,7 +139,7 @@ def validate_commissioning(document: Any) -> None:
     for section, keys in _SECTIONS.items():
         rows = document[section]
         for row in rows:
-            if not isinstance(row, dict) or set(row) != keys:
+            if not isinstance(row, dict) or (set(row) != keys and not _is_check_meter(section, row, keys)):
                 raise ValueError(f"{section}: every entry must have exactly the keys {sorted(keys)}")
         ids[section] = {row.get("id") or row.get("serial") for row in rows}
         if len(ids[section]) != len(rows):
@@ -142,6 +147,11 @@ def validate_commissioning(document: Any) -> None:
     _check_references(document, ids)
     for meter in document["meters"]:
         _check_meter(meter)
+
+
+def _is_check_meter(section: str, row: dict[str, Any], keys: frozenset[str]) -> bool:
+    """A transformer's check meter: the meter keys plus ``check_for_transformer``, no service point."""
+    return section == "meters" and set(row) == keys | {_CHECK} and row["service_point_id"] is None
 
 
 def _check_references(document: dict[str, Any], ids: dict[str, set[str]]) -> None:
@@ -152,8 +162,12 @@ def _check_references(document: dict[str, Any], ids: dict[str, set[str]]) -> Non
         ("service_points", "transformer_id", "transformers"),
         ("meters", "service_point_id", "service_points"),
     )
+    checks = [row for row in document["meters"] if _CHECK in row]
+    unknown_transformers = {row[_CHECK] for row in checks} - ids["transformers"]
+    if unknown_transformers:
+        raise ValueError(f"meters.{_CHECK} names unknown transformers: {sorted(unknown_transformers)[:3]}")
     for section, key, target in references:
-        unknown = {row[key] for row in document[section]} - ids[target]
+        unknown = {row[key] for row in document[section] if _CHECK not in row} - ids[target]
         if unknown:
             raise ValueError(f"{section}.{key} names unknown {target}: {sorted(unknown)[:3]}")
 

@@ -18,7 +18,10 @@ __all__ = ["OPS", "Op", "UnknownOperation", "apply", "op"]
 
 Op = Callable[[SimulatedMeter, Mapping[str, Any]], None]
 OPS: dict[str, Op] = {}
-_OP_MODULES: tuple[str, ...] = ()  # modules that register operations, imported on first use
+_OP_MODULES: tuple[str, ...] = (  # modules that register operations, imported on first use
+    "openami.sim.switch_ops",
+    "openami.sim.scenarios",
+)
 _loaded = False
 
 

@@ -71,6 +71,13 @@ class FleetConfig:
     days: int = 7
     utc_offset_s: int = 0
     max_meters_per_process: int = MAX_METERS_PER_PROCESS
+    authority_certificate_pem: str | None = None
+    """The command authority's certificate (PEM) every meter pins; None: meters refuse every signed command."""
+    push_host: str | None = None
+    """Where every meter pushes its events (the head-end's push listener); None: meters only log them."""
+    push_port: int = 0
+    check_meters: bool = False
+    """Add a check meter at each transformer (after the customers' meters, one index per transformer)."""
 
     def __post_init__(self) -> None:
         if self.meters < 1:
@@ -94,7 +101,7 @@ class SimMeter:
     system_title: bytes
     guek: bytes = field(repr=False)
     gak: bytes = field(repr=False)
-    service_point_id: str
+    service_point_id: str | None
     load: LoadParams
     fault: FaultKind | None = None
     delay_s: float = 0.0
@@ -103,6 +110,10 @@ class SimMeter:
     kek: bytes | None = field(default=None, repr=False)
     lose_key_transfer_answer: bool = False
     """A fault for tests: the meter applies a key transfer, but its answer never arrives."""
+    check_for_transformer: str | None = None
+    """Set for a transformer's check meter (no service point): it measures the sum of ``members``."""
+    members: tuple[tuple[int, str, LoadParams], ...] = ()
+    """A check meter's transformer meters: (fleet index, serial, load), whose true load it registers."""
 
     @property
     def customer_class(self) -> CustomerClass:
@@ -126,12 +137,12 @@ class SimMeter:
             "clock_offset_s": self.clock_offset_s,
             "kek": None if self.kek is None else self.kek.hex(),
             "lose_key_transfer_answer": self.lose_key_transfer_answer,
+            "check_for_transformer": self.check_for_transformer,
+            "members": [[index, serial, _load_json(load)] for index, serial, load in self.members],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SimMeter:
-        load = dict(data["load"])
-        load["customer_class"] = CustomerClass(load["customer_class"])
         return cls(
             index=data["index"],
             serial=data["serial"],
@@ -141,13 +152,15 @@ class SimMeter:
             guek=bytes.fromhex(data["guek"]),
             gak=bytes.fromhex(data["gak"]),
             service_point_id=data["service_point_id"],
-            load=LoadParams(**load),
+            load=_load_from_json(data["load"]),
             fault=FaultKind(data["fault"]) if data["fault"] else None,
             delay_s=data["delay_s"],
             drop_after=data["drop_after"],
             clock_offset_s=data["clock_offset_s"],
             kek=bytes.fromhex(data["kek"]) if data.get("kek") else None,
             lose_key_transfer_answer=bool(data.get("lose_key_transfer_answer", False)),
+            check_for_transformer=data.get("check_for_transformer"),
+            members=tuple((index, serial, _load_from_json(load)) for index, serial, load in data.get("members", ())),
         )
 
 
@@ -163,6 +176,12 @@ def _load_json(load: LoadParams) -> dict[str, Any]:
     }
 
 
+def _load_from_json(data: dict[str, Any]) -> LoadParams:
+    load = dict(data)
+    load["customer_class"] = CustomerClass(load["customer_class"])
+    return LoadParams(**load)
+
+
 @dataclass(frozen=True, slots=True)
 class Fleet:
     """A built fleet: its config, grid and meters (in commissioning order)."""
@@ -170,6 +189,11 @@ class Fleet:
     config: FleetConfig
     topology: Topology
     meters: tuple[SimMeter, ...]
+
+    @property
+    def check_meters(self) -> tuple[SimMeter, ...]:
+        """The transformers' check meters (empty unless the config asked for them)."""
+        return tuple(m for m in self.meters if m.check_for_transformer is not None)
 
     @property
     def flaky(self) -> tuple[SimMeter, ...]:
@@ -213,11 +237,11 @@ def _keys(config: FleetConfig, serial: str) -> tuple[bytes, bytes, bytes]:
     return _derive(seed, f"{serial}/guek", 16), _derive(seed, f"{serial}/gak", 16), _derive(seed, f"{serial}/kek", 16)
 
 
-def _system_titles(config: FleetConfig) -> list[bytes]:
+def _system_titles(config: FleetConfig, count: int) -> list[bytes]:
     """Unique 8-byte system titles: manufacturer ID + 5 seeded pseudo-random bytes."""
     titles: list[bytes] = []
     seen: set[bytes] = set()
-    for i in range(config.meters):
+    for i in range(count):
         attempt = 0
         while (title := MANUFACTURER_ID + _derive(config.seed, f"title/{i}/{attempt}", 5)) in seen:
             attempt += 1
@@ -255,7 +279,7 @@ def build_fleet(config: FleetConfig) -> Fleet:
     rng = random.Random(f"openami-fleet-{config.seed}")  # noqa: S311 - reproducible fault choice, not a secret
     faults = _faults(config, rng)
     drifts = _drifts(config, set(faults), rng)
-    titles = _system_titles(config)
+    titles = _system_titles(config, config.meters + (len(topology.transformers) if config.check_meters else 0))
     meters = []
     for i, (service_point, customer_class) in enumerate(
         zip(topology.service_points, topology.customer_classes, strict=True)
@@ -284,4 +308,40 @@ def build_fleet(config: FleetConfig) -> Fleet:
                 kek=kek,
             )
         )
+    if config.check_meters:
+        meters += _check_meters(config, topology, meters, titles)
     return Fleet(config, topology, tuple(meters))
+
+
+def _check_meters(
+    config: FleetConfig, topology: Topology, meters: list[SimMeter], titles: list[bytes]
+) -> list[SimMeter]:
+    """One check meter per transformer, indices after the customers' meters (a reliable meter, no drift)."""
+    members: dict[str, list[tuple[int, str, LoadParams]]] = {t.id: [] for t in topology.transformers}
+    for meter, service_point in zip(meters, topology.service_points, strict=True):
+        members[service_point.transformer_id].append((meter.index, meter.serial, meter.load))
+    checks = []
+    for t, transformer in enumerate(topology.transformers):
+        index = config.meters + t
+        serial = f"OAC{t + 1:08d}"
+        host, port = address_of(index, config)
+        guek, gak, kek = _keys(config, serial)
+        seed = int.from_bytes(_derive(config.seed, f"check/{t}", 8), "big")
+        load = draw_params(seed, CustomerClass.COMMERCIAL, weather_seed=config.seed, utc_offset_s=config.utc_offset_s)
+        checks.append(
+            SimMeter(
+                index,
+                serial,
+                host,
+                port,
+                titles[index],
+                guek,
+                gak,
+                None,
+                load,
+                kek=kek,
+                check_for_transformer=transformer.id,
+                members=tuple(members[transformer.id]),
+            )
+        )
+    return checks

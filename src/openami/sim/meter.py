@@ -3,10 +3,15 @@
 Objects (IDIS/DSMR conventions): clock 0.0.1.0.0.255 (optionally drifting), serial
 0.0.96.1.0.255, active energy import 1.0.1.8.0.255 and export 1.0.2.8.0.255 (Wh, scaler 0, unit
 30), the 15-minute load profile 1.0.99.1.0.255 (clock, import, export, status), disconnect control
-0.0.96.3.10.255, security setup 0.0.43.0.0.255 (global_key_transfer under the meter's master key,
-when it has one), the current association 0.0.40.0.0.255 and the
+0.0.96.3.10.255, limiter 0.0.17.0.0.255 and the signed command gateway 0.128.96.3.10.255 (the switch
+moves for signed commands only; ``meter_switch``), security setup 0.0.43.0.0.255 (global_key_transfer
+under the meter's master key, when it has one), the current association 0.0.40.0.0.255 and the
 management client's next invocation counter 0.0.43.1.1.255. Management client SAP 1 needs HLS-GMAC
 and Suite 0 ciphering; public client SAP 16 may read the clock and the object list only.
+
+Events (``record_event``) go to the event log 0.0.99.98.0.255 (``sim.events``) and, when the Push
+Setup 0.0.25.9.0.255 has a destination, out as ciphered pushes; ``power_fail``/``power_restore``
+take the supply away and back (``sim.supply``: the registers stop, the meter stops answering).
 
 :func:`serve_meter`/:func:`serve_meters` host one or thousands of meters in one event loop, each on
 its own address; :class:`MeterFaults` lets a fleet runner make a meter slow, silent or offline.
@@ -20,7 +25,7 @@ import resource
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from openami.domain.meter_events import EventCode
 from openami.protocols.dlms import obis
@@ -31,15 +36,19 @@ from openami.protocols.dlms.cosem import (
     CaptureObject,
     Clock,
     Data,
-    DisconnectControl,
     LogicalDevice,
     ProfileGeneric,
     Register,
     SecuritySetup,
 )
 from openami.protocols.dlms.cosem.clock import utc_now
+from openami.protocols.dlms.cosem.push_setup import PushSetup
+from openami.protocols.dlms.push import MAX_SEQUENCE, PushedEvent, encode_push
 from openami.protocols.dlms.server import ServerConfig, ServerSecurity, ServerSession, management_client, public_client
+from openami.sim.events import EventLog, PushChannel
 from openami.sim.meter_profile import INTERVAL_S, LoadFunction, MeterEnergy, SimulatedProfile, default_load
+from openami.sim.meter_switch import MeterSwitch
+from openami.sim.supply import SupplyLoad
 
 __all__ = ["MeterConfig", "MeterFaults", "SimulatedMeter", "serve_meter", "serve_meters"]
 
@@ -66,6 +75,11 @@ class MeterConfig:
     """The meter's own next invocation counter (for its ciphered answers)."""
     kek: bytes | None = field(default=None, repr=False)
     """The master key new keys are wrapped under (key transfer); None: the meter refuses key transfers."""
+    push_host: str | None = None
+    """Where the meter pushes its events (the head-end's push listener); None: it only logs them."""
+    push_port: int = 0
+    authority_certificate: bytes | None = field(default=None, repr=False)
+    """DER of the command authority's certificate the meter pins; None: it refuses every signed command."""
 
     def __post_init__(self) -> None:
         if len(self.system_title) != 8 or len(self.guek) != 16 or len(self.gak) != 16:
@@ -122,15 +136,29 @@ class SimulatedMeter:
         entries = config.profile_days * 86_400 // INTERVAL_S
         commissioned = started - started % INTERVAL_S - (entries - 1) * INTERVAL_S
         seed = zlib.crc32(config.serial.encode())
-        self.energy = MeterEnergy(
-            config.load or default_load(config.serial), commissioned, start_import=seed % 5_000_000
-        )
+        self.supply = SupplyLoad(config.load or default_load(config.serial))
+        """The load as the registers see it: supply interruptions and bypass (events part)."""
+        self.energy = MeterEnergy(self.supply, commissioned, start_import=seed % 5_000_000)
         self.security = ServerSecurity(
             config.system_title, config.guek, config.gak, invocation_counter=config.invocation_counter, kek=config.kek
         )
-        self.disconnect = DisconnectControl(obis.DISCONNECT_CONTROL, control_mode=1)
-        self.events: list[tuple[int, int, float | None]] = []
+        self.switch = MeterSwitch(
+            system_title=config.system_title,
+            certificate=config.authority_certificate,
+            energy=self.energy,
+            meter_time=self.clock.time,
+            record_event=self.record_event,
+            seed=seed,
+        )
+        """Switch, limiter, signed-command gateway and instantaneous values (switch-protocol part)."""
+        self.disconnect = self.switch.disconnect
+        self.event_log = EventLog()
+        self.events: list[tuple[int, int, float | None]] = self.event_log.entries
         """What the meter recorded: (meter time epoch s, EventCode, value); see :meth:`record_event`."""
+        self.push_setup = _push_setup(config)
+        self.pushes = PushChannel(random.Random(seed))  # noqa: S311 - spreading pushes, not a secret
+        self._push_sequence = 0
+        self.push_setup.on_push = self._push_latest
         self.device = self._build_device(SimulatedProfile(self.energy, self.clock.time, entries), entries)
         self.server_config = ServerConfig(
             device=self.device,
@@ -166,26 +194,116 @@ class SimulatedMeter:
                     source=profile,
                     profile_entries=entries,
                 ),
-                self.disconnect,
+                *self.switch.objects(),
                 SecuritySetup(obis.SECURITY_SETUP, server_system_title=self.config.system_title, keys=_KeyHolder(self)),
                 AssociationLN(obis.CURRENT_ASSOCIATION),
                 Data(
                     obis.INVOCATION_COUNTER,
                     source=lambda: DoubleLongUnsigned(self.security.expected_client_ic(1) & 0xFFFFFFFF),
                 ),
+                *self.event_log.objects(),
+                self.push_setup,
             ]
         )
 
     def record_event(self, code: EventCode, value: float | None = None) -> None:
         """The meter notes an event at its own clock time (event log; pushed when a push target is set)."""
-        self.events.append((int(self.clock.time().timestamp()), int(code), value))
+        self._record(code, value, push=self.supply.powered)
 
-    def session(self) -> ServerSession:
-        """A fresh association handler for one TCP connection."""
-        return ServerSession(self.server_config)
+    # --- events, pushes and power (events part) -------------------------------------------------
+
+    def _record(self, code: EventCode, value: float | None, *, push: bool) -> None:
+        epoch = int(self.clock.time().timestamp())  # whole seconds: the log row and the push name one instant
+        self.event_log.append(epoch, int(code), value)
+        if push:
+            self._push(
+                [PushedEvent(datetime.fromtimestamp(epoch, UTC), int(code), value)],
+                last_gasp=code is EventCode.POWER_DOWN,
+            )
+
+    def _push(self, events: list[PushedEvent], *, last_gasp: bool = False) -> bool:
+        """Cipher one notification now (taking the next invocation counter) and queue it for sending."""
+        destination = self.push_setup.tcp_destination()
+        if destination is None:
+            return False
+        security = self.security
+        frame = encode_push(
+            events,
+            system_title=security.system_title,
+            invocation_counter=security.next_invocation_counter(),
+            guek=security.guek,
+            gak=security.gak,
+            sequence=self._push_sequence,
+            meter_time=self.clock.time(),
+        )
+        self._push_sequence = (self._push_sequence + 1) & MAX_SEQUENCE
+        setup = self.push_setup
+        return self.pushes.submit(
+            frame,
+            destination,
+            randomisation_s=setup.randomisation_start_interval,
+            retries=0 if last_gasp else setup.number_of_retries,  # a last gasp has the energy for one try
+            repetition_delay_s=setup.repetition_delay,
+        )
+
+    def _push_latest(self) -> None:
+        """Push Setup method 1: send the latest event again (or an empty notification)."""
+        latest = self.events[-1:]
+        self._push([PushedEvent(datetime.fromtimestamp(t, UTC), c, v) for t, c, v in latest])
+
+    @property
+    def powered(self) -> bool:
+        return self.supply.powered
+
+    def power_fail(self, last_gasp: bool) -> bool:
+        """The supply goes off: POWER_DOWN logged (pushed only with ``last_gasp``), the meter goes dark.
+
+        Registers stop, new connections are refused and open ones are dropped. False when it was already off.
+        """
+        if not self.supply.powered:
+            return False
+        self._record(EventCode.POWER_DOWN, None, push=last_gasp)
+        self.supply.fail(self.clock.time().timestamp())
+        self.faults.offline = True
+        return True
+
+    def power_restore(self) -> bool:
+        """The supply comes back: the meter answers again and pushes POWER_UP. False when it was on."""
+        if not self.supply.restore(self.clock.time().timestamp()):
+            return False
+        self.faults.offline = False
+        self._record(EventCode.POWER_UP, None, push=True)
+        return True
+
+    def session(self) -> _PoweredSession:
+        """A fresh association handler for one TCP connection (dropped when the supply fails)."""
+        return _PoweredSession(self.server_config, self.supply)
 
     def __repr__(self) -> str:
         return f"SimulatedMeter({self.config.serial!r})"
+
+
+class _PoweredSession(ServerSession):
+    """A session that goes dead with the meter's supply: no answer, and the connection is dropped."""
+
+    def __init__(self, config: ServerConfig, supply: SupplyLoad) -> None:
+        super().__init__(config)
+        self._supply = supply
+
+    def receive_data(self, data: bytes) -> bytes:
+        if not self._supply.powered:
+            self.closed = True  # the transport hangs up
+            return b""
+        return super().receive_data(data)
+
+
+def _push_setup(config: MeterConfig) -> PushSetup:
+    destination = f"{config.push_host}:{config.push_port}".encode() if config.push_host else b""
+    return PushSetup(
+        obis.PUSH_SETUP,
+        push_objects=[CaptureObject(40, obis.PUSH_SETUP, 1), CaptureObject(7, obis.EVENT_LOG, 2)],
+        destination=destination,
+    )
 
 
 class _KeyHolder:

@@ -21,15 +21,31 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from openami.sim.channel import (
+    ControlError,
+    LocalFleetControl,
+    StdinLines,
+    await_reply,
+    control_reply,
+    encode,
+    send_line,
+)
 from openami.sim.commissioning import commissioning_document, write_commissioning
 from openami.sim.fleet import Fleet, FleetConfig, SimMeter, build_fleet
-from openami.sim.serving import run, serve_meters_of
+from openami.sim.serving import HostedMeters, run, serve_meters_of
 
-__all__ = ["FleetHandle", "run_fleet_in_process", "start_fleet_processes", "worker_main"]
+__all__ = [
+    "ControlError",
+    "FleetHandle",
+    "LocalFleetControl",
+    "run_fleet_in_process",
+    "start_fleet_processes",
+    "worker_main",
+]
 
 _STOP_GRACE_S = 10.0
 _WARM_S_PER_METER_DAY = 0.0006  # 96 intervals at ~3 us, doubled for a machine that is busy elsewhere
@@ -50,6 +66,9 @@ class FleetHandle:
         self.fleet = fleet
         self.commissioning_path = commissioning_path
         self._workers = workers
+        self._control_lock = threading.Lock()
+        self._control_id = 0
+        self.control_timeout_s = 60.0
 
     @property
     def pids(self) -> list[int]:
@@ -78,6 +97,36 @@ class FleetHandle:
                 worker.process.kill()
                 worker.process.wait()
             _close_quietly(worker.process.stdout)
+
+    def _control_targets(self, meters: list[int]) -> list[int]:
+        """Workers hosting the listed meters, and those hosting the check meters of their transformers."""
+        listed = set(meters)
+        targets = []
+        for number, worker in enumerate(self._workers):
+            if any(m.index in listed or any(i in listed for i, _, _ in m.members) for m in worker.meters):
+                targets.append(number)
+        return targets
+
+    def control(self, op: str, meters: Iterable[int], /, **params: Any) -> int:
+        """Apply scenario/fault operation ``op`` to the listed fleet indices; returns how many were touched.
+
+        Blocks until every worker concerned has answered (``control_timeout_s``); raises ControlError
+        when one refuses the operation (unknown, bad parameters) or does not answer. Call it from a
+        thread (``asyncio.to_thread``) when an event loop must keep running meanwhile.
+        """
+        indices = list(meters)
+        with self._control_lock:
+            self._control_id += 1
+            ident = self._control_id
+            targets = self._control_targets(indices)
+            line = encode(ident, op, indices, params)
+            for number in targets:
+                send_line(self._workers[number].process.stdin, line)
+            deadline = time.monotonic() + self.control_timeout_s
+            touched = 0
+            for number in targets:
+                touched += await_reply(self._workers[number].lines, ident, deadline, f"fleet worker {number}")
+            return touched
 
     def __enter__(self) -> FleetHandle:
         return self
@@ -108,7 +157,13 @@ def _spawn(meters: tuple[SimMeter, ...], config: FleetConfig) -> _Worker:
     assert process.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True, name=f"fleet-{process.pid}").start()
-    job = {"days": config.days, "report_ports": config.port == 0, "meters": [m.to_json() for m in meters]}
+    job = {
+        "days": config.days,
+        "report_ports": config.port == 0,
+        "meters": [m.to_json() for m in meters],
+        "authority_certificate_pem": config.authority_certificate_pem,
+        "push": [config.push_host, config.push_port] if config.push_host else None,
+    }
     process.stdin.write(json.dumps(job, separators=(",", ":")).encode() + b"\n")
     process.stdin.flush()  # and keep it open: its EOF tells the worker that the parent is gone
     return _Worker(process, meters, lines)
@@ -183,27 +238,45 @@ async def run_fleet_in_process(
     fleet: Fleet | FleetConfig,
     stop: asyncio.Event,
     ready: asyncio.Future[Fleet] | None = None,
+    control: LocalFleetControl | None = None,
 ) -> None:
     """Serve the whole fleet in the running event loop until ``stop`` is set (tests, small fleets).
 
-    ``ready`` (if given) receives the fleet with the ports actually bound once every meter listens.
+    ``ready`` (if given) receives the fleet with the ports actually bound once every meter listens;
+    ``control`` (if given) then takes operations for its meters (``control.control(op, meters, ...)``).
     """
     if isinstance(fleet, FleetConfig):
         fleet = build_fleet(fleet)
-    async with serve_meters_of(fleet.meters, days=fleet.config.days) as ports:
+    config = fleet.config
+    async with serve_meters_of(
+        fleet.meters,
+        days=config.days,
+        authority_certificate_pem=config.authority_certificate_pem,
+        push=(config.push_host, config.push_port) if config.push_host else None,
+        hosted=None if control is None else control.hosted,
+    ) as ports:
         if ready is not None and not ready.done():
             ready.set_result(_with_ports(fleet, ports))
         await stop.wait()
 
 
-async def _worker(job: dict[str, Any]) -> None:
+async def _worker(job: dict[str, Any], stdin: StdinLines) -> None:
     meters: Sequence[SimMeter] = [SimMeter.from_json(m) for m in job["meters"]]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True, name="parent-watch").start()
-    async with serve_meters_of(meters, days=job["days"]) as ports:
+    hosted = HostedMeters()
+    push = job.get("push")
+    async with serve_meters_of(
+        meters,
+        days=job["days"],
+        authority_certificate_pem=job.get("authority_certificate_pem"),
+        push=(str(push[0]), int(push[1])) if push else None,
+        hosted=hosted,
+    ) as ports:
+        # control lines are only read once every meter is served: the parent sends none before ``ready``
+        threading.Thread(target=_watch_stdin, args=(loop, stop, stdin, hosted), daemon=True, name="parent").start()
         if job["report_ports"]:
             sys.stdout.write("".join(f"bound {index} {port}\n" for index, port in ports.items()))
         sys.stdout.write(f"ready {len(meters)}\n")
@@ -211,16 +284,22 @@ async def _worker(job: dict[str, Any]) -> None:
         await stop.wait()
 
 
-def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """Block until the parent closes our stdin (or dies), then stop the worker.
-
-    Raw ``os.read``: a daemon thread blocked in a buffered reader aborts the interpreter at exit.
-    """
-    with contextlib.suppress(OSError):
-        while os.read(0, 4096):
-            pass
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, stdin: StdinLines, hosted: HostedMeters) -> None:
+    """Hand control lines to the event loop until the parent closes our stdin (or dies), then stop the worker."""
+    while (line := stdin.readline()) is not None:
+        if line.strip():
+            try:
+                loop.call_soon_threadsafe(_answer_control, hosted, line)
+            except RuntimeError:  # the loop is closed: the worker is stopping anyway
+                return
     with contextlib.suppress(RuntimeError):  # the loop may already be closed
         loop.call_soon_threadsafe(stop.set)
+
+
+def _answer_control(hosted: HostedMeters, line: bytes) -> None:
+    """On the worker's loop: apply one operation, answer ``done``/``error`` on stdout."""
+    sys.stdout.write(control_reply(hosted, line) + "\n")
+    sys.stdout.flush()
 
 
 def _raise_open_files_limit() -> None:
@@ -235,9 +314,10 @@ def _raise_open_files_limit() -> None:
 def worker_main() -> None:
     """Entry of ``python -m openami.sim.runner``: one JSON job line on stdin, serve until told to stop."""
     _raise_open_files_limit()
-    job = json.loads(sys.stdin.buffer.readline())
+    stdin = StdinLines(0)
+    job = json.loads(stdin.readline() or b"{}")
     try:
-        run(_worker(job))  # uvloop where installed
+        run(_worker(job, stdin))  # uvloop where installed
     except OSError as exc:  # typically: an address already in use
         sys.stderr.write(f"openami.sim.runner: {exc}\n")
         sys.exit(1)

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from openami.protocols.dlms.aio import SessionLike, start_server
+from openami.protocols.dlms.signed_command import certificate_der_from_pem
 from openami.sim.fleet import FaultKind, SimMeter
 from openami.sim.loadshape import LoadModel
 from openami.sim.meter import MeterConfig, SimulatedMeter, close_servers
+from openami.sim.meter_profile import LoadFunction
+from openami.sim.supply import CheckLoad, SupplyLoad
 
-__all__ = ["HangUpAfter", "build_meter", "run", "serve_meters_of"]
+__all__ = ["HangUpAfter", "HostedMeters", "build_meter", "run", "serve_meters_of"]
 
 _T = TypeVar("_T")
 
@@ -60,8 +64,34 @@ class HangUpAfter:
         return self._inner.closed or self._answers >= self._limit
 
 
-def build_meter(spec: SimMeter, *, days: int) -> tuple[SimulatedMeter, Callable[[], SessionLike]]:
-    """The simulated meter of ``spec`` (faults applied) and the session factory to serve it with."""
+@dataclass(slots=True)
+class HostedMeters:
+    """The meters one worker (or an in-process fleet) serves, by fleet index; ``checks``: its check meters."""
+
+    meters: dict[int, SimulatedMeter] = field(default_factory=dict)
+    checks: set[int] = field(default_factory=set)
+
+
+def _load_of(spec: SimMeter) -> LoadFunction:
+    """The meter's load model; a check meter's is the true load of its transformer's meters."""
+    if spec.check_for_transformer is None:
+        return LoadModel(spec.load)
+    return CheckLoad([(index, serial, SupplyLoad(LoadModel(load))) for index, serial, load in spec.members])
+
+
+def build_meter(
+    spec: SimMeter,
+    *,
+    days: int,
+    authority_certificate: bytes | None = None,
+    push: tuple[str, int] | None = None,
+) -> tuple[SimulatedMeter, Callable[[], SessionLike]]:
+    """The simulated meter of ``spec`` (faults applied) and the session factory to serve it with.
+
+    ``authority_certificate``: DER of the command authority's certificate the meter pins. ``push``:
+    where the meter pushes its events (check meters never push).
+    """
+    push_host, push_port = push if push is not None and spec.check_for_transformer is None else (None, 0)
     meter = SimulatedMeter(
         MeterConfig(
             serial=spec.serial,
@@ -70,8 +100,11 @@ def build_meter(spec: SimMeter, *, days: int) -> tuple[SimulatedMeter, Callable[
             gak=spec.gak,
             profile_days=days,
             clock_offset_s=float(spec.clock_offset_s),
-            load=LoadModel(spec.load),
+            load=_load_of(spec),
             kek=spec.kek,
+            push_host=push_host,
+            push_port=push_port,
+            authority_certificate=authority_certificate,
         )
     )
     meter.faults.lose_key_transfer_answer = spec.lose_key_transfer_answer
@@ -90,17 +123,33 @@ def build_meter(spec: SimMeter, *, days: int) -> tuple[SimulatedMeter, Callable[
 
 
 @contextlib.asynccontextmanager
-async def serve_meters_of(meters: Sequence[SimMeter], *, days: int, warm: bool = True) -> AsyncIterator[dict[int, int]]:
+async def serve_meters_of(
+    meters: Sequence[SimMeter],
+    *,
+    days: int,
+    warm: bool = True,
+    authority_certificate_pem: str | None = None,
+    push: tuple[str, int] | None = None,
+    hosted: HostedMeters | None = None,
+) -> AsyncIterator[dict[int, int]]:
     """Serve ``meters`` in the running loop; yields {meter index: bound port}; closes them on exit.
+
+    ``push``: where the meters push events; ``hosted`` (if given) is filled with the meters served,
+    for the control channel.
 
     ``warm`` computes each meter's registers over its whole history before it listens (about 1 µs
     per interval), so that the first read costs what every later read costs.
     """
     servers = []
     ports: dict[int, int] = {}
+    pinned = None if authority_certificate_pem is None else certificate_der_from_pem(authority_certificate_pem)
     try:
         for spec in meters:
-            meter, factory = build_meter(spec, days=days)
+            meter, factory = build_meter(spec, days=days, authority_certificate=pinned, push=push)
+            if hosted is not None:
+                hosted.meters[spec.index] = meter
+                if spec.check_for_transformer is not None:
+                    hosted.checks.add(spec.index)
             if warm:  # sum the whole history now rather than during the first read (a benchmark's)
                 meter.energy.registers_at(meter.clock.time().timestamp())
             server = await start_server(factory, spec.host, spec.port, hooks=meter.faults)

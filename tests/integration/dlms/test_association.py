@@ -126,15 +126,16 @@ async def test_association_object_reports_this_association(management: Callable[
     assert client_title == CLIENT_TITLE
 
 
-async def test_disconnect_and_reconnect_by_action(
+async def test_disconnect_control_is_readable_but_moves_only_for_signed_commands(
     management: Callable[..., ClientSettings], meter: SimulatedMeter
 ) -> None:
+    # the switch obeys the Signed Command Gateway only (tests/integration/dlms/test_signed_switch.py)
     async with DlmsClient(management()) as client:
-        await client.action(DISCONNECT_CONTROL, 70, 1, Integer(0))
-        assert await client.get(DISCONNECT_CONTROL, 70, 2) is False
-        await client.action(DISCONNECT_CONTROL, 70, 2, Integer(0))
-        assert await client.get(DISCONNECT_CONTROL, 70, 3) == Enum(2)  # mode 1: armed, customer closes
-    assert meter.disconnect.output_state is False
+        with pytest.raises(ServiceError):
+            await client.action(DISCONNECT_CONTROL, 70, 1, Integer(0))
+        assert await client.get(DISCONNECT_CONTROL, 70, 2) is True
+        assert await client.get(DISCONNECT_CONTROL, 70, 3) == Enum(1)
+    assert meter.disconnect.output_state is True
 
 
 async def test_set_clock_moves_the_meter_clock(management: Callable[..., ClientSettings]) -> None:

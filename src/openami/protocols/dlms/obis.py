@@ -17,10 +17,20 @@ __all__ = [
     "ACTIVE_EXPORT",
     "ACTIVE_IMPORT",
     "CLOCK",
+    "COMMAND_GATEWAY",
     "CURRENT_ASSOCIATION",
     "DISCONNECT_CONTROL",
+    "EVENT_CODE",
+    "EVENT_LOG",
+    "EVENT_VALUE",
+    "INSTANT_CURRENT",
+    "INSTANT_POWER",
+    "INSTANT_VOLTAGE",
     "INVOCATION_COUNTER",
+    "LIMITER",
     "LOAD_PROFILE",
+    "LOAD_SIDE_VOLTAGE",
+    "PUSH_SETUP",
     "SECURITY_SETUP",
     "SERIAL",
     "Obis",
@@ -102,3 +112,23 @@ SECURITY_SETUP = Obis(0, 0, 43, 0, 0, 255)
 """Security setup (class 64)."""
 INVOCATION_COUNTER = Obis(0, 0, 43, 1, 1, 255)
 """The frame counter the meter expects next from the management client (Data, class 1)."""
+PUSH_SETUP = Obis(0, 0, 25, 9, 0, 255)
+"""Push setup 1 (class 40): what the meter pushes for events, and where."""
+EVENT_LOG = Obis(0, 0, 99, 98, 0, 255)
+"""The standard event log (Profile Generic, class 7): ``{clock, event code, value}`` rows."""
+EVENT_CODE = Obis(0, 0, 96, 11, 0, 255)
+"""The last event code (Data, class 1), captured in the event log."""
+EVENT_VALUE = Obis(0, 128, 96, 11, 0, 255)
+"""The last event's value (Data, class 1, manufacturer-specific: float64 or null), the event log's third column."""
+COMMAND_GATEWAY = Obis(0, 128, 96, 3, 10, 255)
+"""openami's Signed Command Gateway (manufacturer-specific class 200): signed switch and limiter commands."""
+LIMITER = Obis(0, 0, 17, 0, 0, 255)
+"""Limiter (class 71)."""
+INSTANT_VOLTAGE = Obis(1, 0, 32, 7, 0, 255)
+"""Instantaneous voltage L1, supply side (Register, class 3)."""
+INSTANT_CURRENT = Obis(1, 0, 31, 7, 0, 255)
+"""Instantaneous current L1 (Register, class 3)."""
+INSTANT_POWER = Obis(1, 0, 1, 7, 0, 255)
+"""Instantaneous active power import (Register, class 3): the Limiter's monitored value."""
+LOAD_SIDE_VOLTAGE = Obis(1, 128, 32, 7, 0, 255)
+"""Voltage on the customer's side of the switch (manufacturer-specific Register): backfeed detection."""

@@ -13,9 +13,11 @@ from openami.protocols.dlms.cosem.base import (
     Value,
 )
 from openami.protocols.dlms.cosem.clock import Clock
+from openami.protocols.dlms.cosem.command_gateway import GatewaySite, SignedCommandGateway, SignedDisconnectControl
 from openami.protocols.dlms.cosem.data import Data, Register
 from openami.protocols.dlms.cosem.device import LogicalDevice, Outcome
 from openami.protocols.dlms.cosem.disconnect import ControlState, DisconnectControl
+from openami.protocols.dlms.cosem.limiter import Limiter
 from openami.protocols.dlms.cosem.profile import (
     CaptureObject,
     EncodedRows,
@@ -24,6 +26,7 @@ from openami.protocols.dlms.cosem.profile import (
     ProfileSource,
     Row,
 )
+from openami.protocols.dlms.cosem.push_setup import PushSetup
 from openami.protocols.dlms.cosem.security_setup import SecuritySetup
 
 __all__ = [
@@ -40,15 +43,20 @@ __all__ = [
     "Data",
     "DisconnectControl",
     "EncodedRows",
+    "GatewaySite",
+    "Limiter",
     "ListProfileSource",
     "LogicalDevice",
     "MethodAccess",
     "Outcome",
     "ProfileGeneric",
     "ProfileSource",
+    "PushSetup",
     "Register",
     "Result",
     "Row",
     "SecuritySetup",
+    "SignedCommandGateway",
+    "SignedDisconnectControl",
     "Value",
 ]

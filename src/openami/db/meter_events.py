@@ -1,0 +1,290 @@
+"""Meter events: bulk storage de-duplicated on (meter, code, meter time), refusals with a reason, queries.
+
+``store_events`` is the one way events enter the database. It never raises for bad events: an
+event of an unknown meter, with a code openami does not know, or with a time stamp that cannot be
+true (too far in the future, before the year 2000 or before the meter was commissioned) is kept in
+``meter_events_rejected`` with its reason, and the caller is told which (the head-end raises a
+security event for unknown meters). Known events go in with one multi-row ``INSERT … ON CONFLICT DO
+NOTHING … RETURNING`` (SQLAlchemy's insertmanyvalues: batched VALUES lists on both databases), and
+only the rows the database really inserted come back as new, so a push, its retransmission and the
+same event read from the meter's log are published once however they race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from openami.db import tables as t
+from openami.domain.meter_events import EventCategory, EventCode, category_of
+
+__all__ = [
+    "EARLIEST_EVENT_TIME",
+    "SOURCES",
+    "EventRecord",
+    "EventRow",
+    "Rejected",
+    "StoreOutcome",
+    "advance_push_counters",
+    "count_rejected",
+    "list_events",
+    "list_rejected",
+    "load_push_counters",
+    "newest_log_times",
+    "store_events",
+]
+
+SOURCES = ("push", "log")
+EARLIEST_EVENT_TIME = 946_684_800  # 2000-01-01T00:00:00Z: no meter of this fleet recorded anything before
+_CHUNK = 5000  # meter ids per IN (...) list
+
+
+class EventRow(NamedTuple):
+    """One event as the head-end hands it to storage (times in epoch seconds, UTC)."""
+
+    meter_id: int
+    code: int
+    meter_time: int
+    received_at: float
+    source: str  # "push" | "log"
+    value: float | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return self.meter_id, self.code, self.meter_time
+
+
+class Rejected(NamedTuple):
+    row: EventRow
+    reason: str  # "unknown-meter", "unknown-code", "future", "too-old", "bad-source"
+
+
+@dataclass(slots=True)
+class StoreOutcome:
+    """What one ``store_events`` call did: ``stored`` are the new rows only, in the order given."""
+
+    stored: list[EventRow] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+class EventRecord(NamedTuple):
+    id: int
+    meter_id: int
+    code: int
+    category: str
+    meter_time: int
+    received_at: float
+    source: str
+    value: float | None
+
+
+_KNOWN_CODES = frozenset(int(c) for c in EventCode)
+
+
+def store_events(
+    conn: Connection,
+    rows: Iterable[EventRow],
+    *,
+    now: float,
+    future_tolerance_s: float = 3600.0,
+    commissioning_slack_s: float = 86_400.0,
+) -> StoreOutcome:
+    """Store new events, skip duplicates, record refusals; one statement per kind, in the caller's transaction.
+
+    ``now`` is the head-end's time (epoch s). An event more than ``future_tolerance_s`` ahead of it,
+    before 2000, or more than ``commissioning_slack_s`` before its meter's commissioning is refused
+    (a meter's clock may run a little before its paperwork: the slack).
+    """
+    outcome = StoreOutcome()
+    unique: dict[tuple[int, int, int], EventRow] = {}
+    for row in rows:
+        if row.key in unique:
+            outcome.duplicates += 1
+        else:
+            unique[row.key] = row
+    if not unique:
+        return outcome
+    commissioned = _commissioned_at(conn, {row.meter_id for row in unique.values()})
+    accepted: list[EventRow] = []
+    for row in unique.values():
+        reason = _refusal(row, commissioned, now, future_tolerance_s, commissioning_slack_s)
+        if reason is None:
+            accepted.append(row)
+        else:
+            outcome.rejected.append(Rejected(row, reason))
+    inserted = _insert_new(conn, accepted)
+    outcome.stored = [row for row in accepted if row.key in inserted]
+    outcome.duplicates += len(accepted) - len(outcome.stored)
+    _insert_rejected(conn, outcome.rejected)
+    return outcome
+
+
+def _refusal(
+    row: EventRow, commissioned: Mapping[int, float], now: float, future_tolerance_s: float, slack_s: float
+) -> str | None:
+    if row.source not in SOURCES:
+        return "bad-source"
+    if row.meter_id not in commissioned:
+        return "unknown-meter"
+    if row.code not in _KNOWN_CODES:
+        return "unknown-code"
+    if row.meter_time > now + future_tolerance_s:
+        return "future"
+    if row.meter_time < max(EARLIEST_EVENT_TIME, commissioned[row.meter_id] - slack_s):
+        return "too-old"
+    return None
+
+
+def _commissioned_at(conn: Connection, meter_ids: set[int]) -> dict[int, float]:
+    """Commissioning time (epoch s) of those ``meter_ids`` that exist."""
+    found: dict[int, float] = {}
+    ids = sorted(meter_ids)
+    m = t.meters.c
+    for i in range(0, len(ids), _CHUNK):
+        query = sa.select(m.id, m.commissioned_at).where(m.id.in_(ids[i : i + _CHUNK]))
+        found.update({int(r.id): r.commissioned_at.timestamp() for r in conn.execute(query)})
+    return found
+
+
+def _insert_new(conn: Connection, rows: Sequence[EventRow]) -> set[tuple[int, int, int]]:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the keys really inserted (duplicates return nothing)."""
+    if not rows:
+        return set()
+    values = [
+        {
+            "meter_id": r.meter_id,
+            "code": r.code,
+            "category": str(category_of(EventCode(r.code))),
+            "meter_time": r.meter_time,
+            "received_at": r.received_at,
+            "source": r.source,
+            "value": r.value,
+        }
+        for r in rows
+    ]
+    insert: Any = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(t.meter_events)
+    c = t.meter_events.c
+    stmt = insert.on_conflict_do_nothing(index_elements=["meter_id", "code", "meter_time"]).returning(
+        c.meter_id, c.code, c.meter_time
+    )
+    return {(int(r[0]), int(r[1]), int(r[2])) for r in conn.execute(stmt, values).all()}
+
+
+def _insert_rejected(conn: Connection, rejected: Sequence[Rejected]) -> None:
+    if not rejected:
+        return
+    conn.execute(
+        sa.insert(t.meter_events_rejected),
+        [
+            {
+                "meter_id": r.row.meter_id,
+                "code": r.row.code,
+                "meter_time": r.row.meter_time,
+                "received_at": r.row.received_at,
+                "source": r.row.source[:8],
+                "reason": r.reason,
+            }
+            for r in rejected
+        ],
+    )
+
+
+# -- queries --------------------------------------------------------------------------------------
+
+
+def list_events(  # noqa: PLR0913 - the filters, all keyword-only
+    conn: Connection,
+    *,
+    meter_id: int | None = None,
+    codes: Sequence[int] | None = None,
+    categories: Sequence[EventCategory | str] | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    visible: ColumnElement[bool] | None = None,
+    limit: int = 100,
+) -> list[EventRecord]:
+    """Newest meter time first; ``since``/``until`` bound the meter time (inclusive, epoch s).
+
+    ``visible`` is a clause on ``meters`` (``policy.visible_meters``): only those meters' events.
+    """
+    e = t.meter_events.c
+    query = sa.select(e.id, e.meter_id, e.code, e.category, e.meter_time, e.received_at, e.source, e.value)
+    if meter_id is not None:
+        query = query.where(e.meter_id == meter_id)
+    if codes:
+        query = query.where(e.code.in_(list(codes)))
+    if categories:
+        query = query.where(e.category.in_([str(c) for c in categories]))
+    if since is not None:
+        query = query.where(e.meter_time >= since)
+    if until is not None:
+        query = query.where(e.meter_time <= until)
+    if visible is not None:
+        query = query.where(e.meter_id.in_(sa.select(t.meters.c.id).where(visible)))
+    query = query.order_by(e.meter_time.desc(), e.id.desc()).limit(limit)
+    return [EventRecord(*row) for row in conn.execute(query)]
+
+
+def newest_log_times(conn: Connection, meter_ids: Sequence[int]) -> dict[int, int]:
+    """Per meter, the meter time of its newest event read from its event log (meters without one are absent)."""
+    e = t.meter_events.c
+    found: dict[int, int] = {}
+    ids = sorted(set(meter_ids))
+    for i in range(0, len(ids), _CHUNK):
+        query = (
+            sa.select(e.meter_id, sa.func.max(e.meter_time))
+            .where(e.meter_id.in_(ids[i : i + _CHUNK]), e.source == "log")
+            .group_by(e.meter_id)
+        )
+        found.update({int(m): int(newest) for m, newest in conn.execute(query)})
+    return found
+
+
+def count_rejected(conn: Connection, *, reason: str | None = None) -> int:
+    r = t.meter_events_rejected.c
+    query = sa.select(sa.func.count()).select_from(t.meter_events_rejected)
+    if reason is not None:
+        query = query.where(r.reason == reason)
+    return int(conn.execute(query).scalar_one())
+
+
+def list_rejected(conn: Connection, *, limit: int = 100) -> list[Rejected]:
+    """Newest first."""
+    r = t.meter_events_rejected.c
+    query = (
+        sa.select(r.meter_id, r.code, r.meter_time, r.received_at, r.source, r.reason)
+        .order_by(r.id.desc())
+        .limit(limit)
+    )
+    return [Rejected(EventRow(*row[:5]), row[5]) for row in conn.execute(query)]
+
+
+# -- push counters (replay protection that survives a restart) ------------------------------------
+
+
+def load_push_counters(conn: Connection) -> dict[tuple[int, int], int]:
+    """(meter id, key version) → the last invocation counter accepted from that meter's pushes."""
+    p = t.push_counters.c
+    return {(int(m), int(v)): int(c) for m, v, c in conn.execute(sa.select(p.meter_id, p.key_version, p.last_counter))}
+
+
+def advance_push_counters(conn: Connection, counters: Mapping[tuple[int, int], int], *, now: float) -> None:
+    """Raise the stored counters to these values (never lower them: batches may commit out of order)."""
+    if not counters:
+        return
+    rows = [{"meter_id": m, "key_version": v, "last_counter": c, "updated_at": now} for (m, v), c in counters.items()]
+    insert: Any = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(t.push_counters)
+    stored = t.push_counters.c.last_counter
+    higher = sa.case((insert.excluded.last_counter > stored, insert.excluded.last_counter), else_=stored)
+    stmt = insert.on_conflict_do_update(
+        index_elements=["meter_id", "key_version"],
+        set_={"last_counter": higher, "updated_at": insert.excluded.updated_at},
+    )
+    conn.execute(stmt, rows)

@@ -1,0 +1,241 @@
+"""Outages, the meters each darkens, notes, and their changes (every change bumps ``version``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from openami.db import tables as t
+from openami.domain.outages import DeviceKind, OutageState
+from openami.errors import NotFound
+
+__all__ = [
+    "AffectedMeter",
+    "NewOutage",
+    "Note",
+    "OutageRecord",
+    "add_note",
+    "affected_meters",
+    "change",
+    "get_outage",
+    "insert_outage",
+    "list_outages",
+    "mark_meters",
+    "notes",
+    "open_outages",
+]
+
+_CHUNK = 500
+o, om = t.outages, t.outage_meters
+
+
+@dataclass(frozen=True, slots=True)
+class AffectedMeter:
+    meter_id: int
+    state: str  # dark, restored, still-dark
+    last_gasp: bool
+    premise_id: str | None = None
+    critical_care: bool = False
+    restored_at: datetime | None = None
+    restored_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewOutage:
+    device_kind: DeviceKind
+    device_id: str
+    area: str | None
+    state: OutageState
+    started_at: datetime
+    cause: str
+    parent_id: int | None = None
+    restored_at: datetime | None = None
+    pings_sent: int = 0
+    pings_answered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutageRecord:
+    id: int
+    device_kind: DeviceKind
+    device_id: str
+    area: str | None
+    parent_id: int | None
+    state: OutageState
+    started_at: datetime
+    detected_at: datetime
+    restored_at: datetime | None
+    verified_at: datetime | None
+    closed_at: datetime | None
+    closed_by: str | None
+    cause: str
+    last_gasps: int
+    meters: int
+    premises: int
+    critical_care: int
+    pings_sent: int
+    pings_answered: int
+    still_dark: int
+    version: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    at: datetime
+    actor: str
+    text: str
+
+
+def _record(row: Any) -> OutageRecord:
+    values = dict(row._mapping)
+    values["device_kind"] = DeviceKind(values["device_kind"])
+    values["state"] = OutageState(values["state"])
+    return OutageRecord(**values)
+
+
+def insert_outage(conn: Connection, outage: NewOutage, meters: Sequence[AffectedMeter], *, now: datetime) -> int:
+    """Write an outage and its meters; counts (meters, premises, critical care, gasps) from ``meters``."""
+    premises = {m.premise_id for m in meters if m.premise_id is not None}
+    critical = {m.premise_id for m in meters if m.premise_id is not None and m.critical_care}
+    values = {
+        "device_kind": str(outage.device_kind), "device_id": outage.device_id, "area": outage.area,
+        "parent_id": outage.parent_id, "state": str(outage.state), "started_at": outage.started_at,
+        "detected_at": now, "restored_at": outage.restored_at, "cause": outage.cause,
+        "last_gasps": sum(1 for m in meters if m.last_gasp), "meters": len(meters), "premises": len(premises),
+        "critical_care": len(critical), "pings_sent": outage.pings_sent, "pings_answered": outage.pings_answered,
+        "still_dark": 0, "version": 1, "updated_at": now,
+    }  # fmt: skip
+    outage_id = int(conn.execute(sa.insert(o).values(**values).returning(o.c.id)).scalar_one())
+    rows = [
+        {
+            "outage_id": outage_id, "meter_id": m.meter_id, "state": m.state, "last_gasp": m.last_gasp,
+            "premise_id": m.premise_id, "critical_care": m.critical_care, "restored_at": m.restored_at,
+            "restored_by": m.restored_by,
+        }
+        for m in meters
+    ]  # fmt: skip
+    for i in range(0, len(rows), _CHUNK):
+        conn.execute(sa.insert(om), rows[i : i + _CHUNK])
+    return outage_id
+
+
+def get_outage(conn: Connection, outage_id: int) -> OutageRecord:
+    row = conn.execute(sa.select(o).where(o.c.id == outage_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"outage {outage_id} does not exist")
+    return _record(row)
+
+
+def change(conn: Connection, outage_id: int, *, now: datetime, **values: Any) -> OutageRecord:
+    """Update an outage's columns, bump its version; returns the new record."""
+    for key in ("state", "device_kind"):
+        if key in values:
+            values[key] = str(values[key])
+    conn.execute(sa.update(o).where(o.c.id == outage_id).values(**values, version=o.c.version + 1, updated_at=now))
+    return get_outage(conn, outage_id)
+
+
+def mark_meters(
+    conn: Connection,
+    outage_id: int,
+    meter_ids: Sequence[int],
+    *,
+    state: str,
+    restored_by: str | None = None,
+    restored_at: datetime | None = None,
+) -> None:
+    """Set the state (and how it came back) of some of an outage's meters."""
+    values: dict[str, Any] = {"state": state}
+    if restored_by is not None:
+        values.update(restored_by=restored_by, restored_at=restored_at)
+    ids = sorted(set(meter_ids))
+    for i in range(0, len(ids), _CHUNK):
+        query = sa.update(om).where(om.c.outage_id == outage_id, om.c.meter_id.in_(ids[i : i + _CHUNK]))
+        conn.execute(query.values(**values))
+
+
+def set_last_gasp(conn: Connection, outage_id: int, meter_ids: Sequence[int]) -> int:
+    """Late last gasps of meters already in the outage; returns the outage's gasp count."""
+    ids = sorted(set(meter_ids))
+    for i in range(0, len(ids), _CHUNK):
+        query = sa.update(om).where(om.c.outage_id == outage_id, om.c.meter_id.in_(ids[i : i + _CHUNK]))
+        conn.execute(query.values(last_gasp=True))
+    count = sa.select(sa.func.count()).select_from(om).where(om.c.outage_id == outage_id, om.c.last_gasp)
+    return int(conn.execute(count).scalar_one())
+
+
+def _visible(visible: ColumnElement[bool] | None) -> Any:
+    """Outages with at least one affected meter the policy clause ``visible`` (on meters) reaches."""
+    if visible is None:
+        return None
+    return sa.exists(
+        sa.select(om.c.meter_id).join(t.meters, t.meters.c.id == om.c.meter_id).where(om.c.outage_id == o.c.id, visible)
+    )
+
+
+def list_outages(
+    conn: Connection,
+    *,
+    states: Sequence[str] = (),
+    visible: ColumnElement[bool] | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> list[OutageRecord]:
+    """Newest first; page with ``before_id`` = the last id of the previous page."""
+    query = sa.select(o)
+    if states:
+        query = query.where(o.c.state.in_(list(states)))
+    if before_id is not None:
+        query = query.where(o.c.id < before_id)
+    clause = _visible(visible)
+    if clause is not None:
+        query = query.where(clause)
+    return [_record(row) for row in conn.execute(query.order_by(o.c.id.desc()).limit(limit))]
+
+
+def is_visible(conn: Connection, outage_id: int, visible: ColumnElement[bool]) -> bool:
+    query = sa.select(o.c.id).where(o.c.id == outage_id, _visible(visible))
+    return conn.execute(query).first() is not None
+
+
+def affected_meters(
+    conn: Connection, outage_id: int, *, visible: ColumnElement[bool] | None = None, states: Sequence[str] = ()
+) -> list[AffectedMeter]:
+    query = sa.select(
+        om.c.meter_id, om.c.state, om.c.last_gasp, om.c.premise_id, om.c.critical_care, om.c.restored_at,
+        om.c.restored_by,
+    ).where(om.c.outage_id == outage_id)  # fmt: skip
+    if visible is not None:
+        query = query.join(t.meters, t.meters.c.id == om.c.meter_id).where(visible)
+    if states:
+        query = query.where(om.c.state.in_(list(states)))
+    return [AffectedMeter(*row) for row in conn.execute(query.order_by(om.c.meter_id))]
+
+
+def open_outages(conn: Connection) -> list[tuple[OutageRecord, list[AffectedMeter]]]:
+    """Every open outage with its meters: what a restarted engine picks up."""
+    found = [_record(r) for r in conn.execute(sa.select(o).where(o.c.state == str(OutageState.OPEN)).order_by(o.c.id))]
+    return [(record, affected_meters(conn, record.id)) for record in found]
+
+
+def add_note(conn: Connection, outage_id: int, *, actor: str, text: str, now: datetime) -> None:
+    conn.execute(sa.insert(t.outage_notes).values(outage_id=outage_id, at=now, actor=actor, text=text))
+
+
+def notes(conn: Connection, outage_id: int) -> list[Note]:
+    n = t.outage_notes
+    query = sa.select(n.c.at, n.c.actor, n.c.text).where(n.c.outage_id == outage_id).order_by(n.c.id)
+    return [Note(*row) for row in conn.execute(query)]
+
+
+def children(conn: Connection, outage_id: int) -> list[int]:
+    return [
+        int(i) for i in conn.execute(sa.select(o.c.id).where(o.c.parent_id == outage_id).order_by(o.c.id)).scalars()
+    ]

@@ -1,0 +1,510 @@
+"""The outage engine: last gasps in, located and confirmed outages out, restoration verified.
+
+It subscribes to ``METER_EVENTS`` and keeps the grid (``db.topology.load_grid``) and the open outages
+in memory. The steps (docs/outages.md):
+
+1. **Group.** Last gasps (POWER_DOWN) of meters not already in an open outage wait until ``quiet_s``
+   pass without a new one, or ``settle_s`` after the first.
+2. **Locate.** ``outage_inference.infer`` names the most likely failed devices.
+3. **Momentary.** A device whose every gasping meter already reported power back (within
+   ``momentary_s``) is recorded as a momentary outage, not as an outage.
+4. **Confirm.** Up to ``ping_sample`` meters inside each suspected device that sent no gasp, and as
+   many around it (under its parent), are pinged (``headend.ping``); answers and silences are new
+   observations and the inference runs again (``confirm_rounds``).
+5. **Open.** One outage per device, with every meter below it (inferred, not only those that
+   gasped), its premises and critical-care premises. An open outage below a new one becomes its child.
+6. **Restore.** POWER_UP marks meters back. ``restore_quiet_s`` after the last power-up (at most
+   ``restore_settle_s`` after the first) the meters that did not report are pinged; those still dark
+   are listed, and where they make up a device (a transformer that stays dark after its feeder came
+   back) a child outage is opened. Power back within ``momentary_s`` of the start makes it momentary.
+
+Every change is written in one transaction and published on ``OUTAGES_CHANGED`` (the OMS feed).
+Events are de-duplicated on (meter, code, meter time) and may arrive in any order: a power-up older
+than the meter's last gasp does not end it, a gasp older than its power-up is momentary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy.engine import Connection, Engine
+
+from openami.bus.base import Bus, Unsubscribe
+from openami.bus.topics import METER_EVENTS, OUTAGES_CHANGED
+from openami.db import outages as repo
+from openami.db import topology as topology_repo
+from openami.db.outages import AffectedMeter, NewOutage, OutageRecord
+from openami.domain.meter_events import EventCode, MeterEvents
+from openami.domain.outages import DeviceKind, OutageChanged, OutageState
+from openami.headend.collector import Collector
+from openami.headend.ping import ping
+from openami.services.outage_inference import Device, Grid, InferenceParameters, Suspect, infer
+from openami.settings import OutageSettings
+
+__all__ = ["OutageEngine", "Pinger", "changed"]
+
+_log = structlog.get_logger("openami.outages")
+Pinger = Callable[[int], Awaitable[bool]]
+_SEEN_MAX = 200_000  # remembered event identities for de-duplication
+_RELOAD_AFTER_S = 30.0  # a gasp from a meter outside the loaded grid reloads it, at most this often
+
+
+def changed(record: OutageRecord, change: str, at: datetime) -> OutageChanged:
+    """The OMS feed's message for one change of an outage."""
+    return OutageChanged(
+        outage_id=record.id, version=record.version, change=change, state=record.state,
+        device_kind=record.device_kind, device_id=record.device_id, area=record.area, parent_id=record.parent_id,
+        started_at=record.started_at, restored_at=record.restored_at, meters=record.meters, premises=record.premises,
+        critical_care=record.critical_care, last_gasps=record.last_gasps, still_dark=record.still_dark, at=at,
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Open:
+    """An open outage as the engine follows it."""
+
+    id: int
+    device: Device
+    meters: set[int]
+    started_at: datetime
+    restored: set[int] = field(default_factory=set)
+    first_up: float | None = None  # loop time of the first power-up
+    last_up: float | None = None
+    restored_at: datetime | None = None  # latest power-up, meter time
+
+
+class OutageEngine:
+    """One per platform; ``start`` inside the event loop, ``stop`` before the bus closes."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        bus: Bus,
+        collector: Collector,
+        settings: OutageSettings,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pinger: Pinger | None = None,
+    ) -> None:
+        self._engine = engine
+        self._bus = bus
+        self._settings = settings
+        self._now = now
+        self._pinger = pinger or (lambda meter: ping(collector, meter, timeout_s=settings.ping_timeout_s))
+        self._params = InferenceParameters(settings.min_delivery, settings.spurious, settings.device_prior)
+        self.grid = Grid({}, {}, {})
+        self._places: dict[int, topology_repo.MeterPlace] = {}
+        self._pending: dict[int, int] = {}  # meter -> last gasp's meter time, not decided yet
+        self._group_first: float | None = None
+        self._group_last = 0.0
+        self._back: dict[int, int] = {}  # meter -> latest power-up's meter time
+        self._late_gasps: dict[int, set[int]] = {}  # outage -> meters whose gasp came after it opened
+        self._open: dict[int, _Open] = {}
+        self._member: dict[int, set[int]] = {}  # meter -> open outages it is in
+        self._seen: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._reload = True
+        self._loaded_at = -_RELOAD_AFTER_S
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Unsubscribe | None = None
+        self.decisions = 0  # groups decided (for tests and metrics)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._reload = False
+        self._unsubscribe = self._bus.subscribe(METER_EVENTS, self.handle)
+        self._task = asyncio.create_task(self._run(), name="outage-engine")
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def reload_grid(self) -> None:
+        """The topology changed: reload it before the next decision."""
+        self._reload = True
+        self._wake.set()
+
+    def _load(self) -> None:
+        self._loaded_at = time.monotonic()
+        with self._engine.connect() as conn:
+            snapshot = topology_repo.load_grid(conn)
+            opened = repo.open_outages(conn)
+        self._places = {p.meter_id: p for p in snapshot.meters}
+        self.grid = Grid(
+            {p.meter_id: p.transformer_id for p in snapshot.meters}, snapshot.transformers, snapshot.feeders
+        )
+        self._open.clear()
+        self._member.clear()
+        for record, meters in opened:
+            state = _Open(
+                record.id, (record.device_kind, record.device_id), {m.meter_id for m in meters}, record.started_at
+            )
+            state.restored = {m.meter_id for m in meters if m.state == "restored"}
+            self._track(state)
+
+    def _track(self, state: _Open) -> None:
+        self._open[state.id] = state
+        for meter in state.meters:
+            self._member.setdefault(meter, set()).add(state.id)
+
+    def _follow(self, state: _Open) -> None:
+        """Track a newly opened outage; power-ups that arrived while it was being confirmed count."""
+        self._track(state)
+        early = self._back_since(state)
+        if early:
+            state.restored |= early
+            state.restored_at = datetime.fromtimestamp(max(self._back[m] for m in early), UTC)
+            state.first_up = state.last_up = asyncio.get_running_loop().time()
+
+    def forget(self, outage_id: int) -> None:
+        """An outage closed by hand: no longer followed."""
+        self._untrack(outage_id)
+
+    def _untrack(self, outage_id: int) -> None:
+        state = self._open.pop(outage_id, None)
+        for meter in state.meters if state else ():
+            self._member.get(meter, set()).discard(outage_id)
+
+    # -- events in -----------------------------------------------------------------------------------------
+
+    async def handle(self, batch: MeterEvents) -> None:
+        """The METER_EVENTS handler: only power events matter here; returns at once (the loop decides)."""
+        loop_now = asyncio.get_running_loop().time()
+        oldest = self._now().timestamp() - self._settings.max_event_age_s
+        for event in batch.events:
+            if event.code not in (EventCode.POWER_DOWN, EventCode.POWER_UP) or event.meter_time < oldest:
+                continue
+            identity = (event.meter_id, int(event.code), event.meter_time)
+            if identity in self._seen:
+                continue
+            self._seen[identity] = None
+            if len(self._seen) > _SEEN_MAX:
+                self._seen.popitem(last=False)
+            if event.code == EventCode.POWER_DOWN:
+                self._gasp(event.meter_id, event.meter_time, loop_now)
+            else:
+                self._power_up(event.meter_id, event.meter_time, loop_now)
+        self._wake.set()
+
+    def _gasp(self, meter: int, meter_time: int, loop_now: float) -> None:
+        if self._back.get(meter, -1) >= meter_time and meter not in self._pending:
+            return  # a gasp older than the power-up already seen: that interruption is over
+        outages = self._member.get(meter)
+        if outages:
+            for outage_id in outages:
+                self._late_gasps.setdefault(outage_id, set()).add(meter)
+            return
+        self._pending[meter] = max(meter_time, self._pending.get(meter, meter_time))
+        if self._group_first is None:
+            self._group_first = loop_now
+        self._group_last = loop_now
+
+    def _power_up(self, meter: int, meter_time: int, loop_now: float) -> None:
+        self._back[meter] = max(meter_time, self._back.get(meter, meter_time))
+        for outage_id in self._member.get(meter, set()):
+            state = self._open[outage_id]
+            if meter in state.restored or datetime.fromtimestamp(meter_time, UTC) < state.started_at:
+                continue  # a power-up from before this outage began (out of order) does not end it
+            state.restored.add(meter)
+            state.first_up = state.first_up if state.first_up is not None else loop_now
+            state.last_up = loop_now
+            at = datetime.fromtimestamp(meter_time, UTC)
+            state.restored_at = at if state.restored_at is None else max(state.restored_at, at)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._next_due())
+            self._wake.clear()
+            try:
+                await self._step()
+            except Exception:  # noqa: BLE001 - the engine must outlive one failed step; it is logged
+                _log.exception("outages.step.failed")
+
+    def _next_due(self) -> float:
+        now = asyncio.get_running_loop().time()
+        dues = [0.5]
+        if self._group_first is not None:
+            dues.append(self._group_due() - now)
+        dues += [self._restore_due(s) - now for s in self._open.values() if s.first_up is not None]
+        return max(0.01, min(dues))
+
+    def _group_due(self) -> float:
+        assert self._group_first is not None
+        return min(self._group_last + self._settings.quiet_s, self._group_first + self._settings.settle_s)
+
+    def _restore_due(self, state: _Open) -> float:
+        assert state.first_up is not None
+        assert state.last_up is not None
+        return min(state.last_up + self._settings.restore_quiet_s, state.first_up + self._settings.restore_settle_s)
+
+    async def _step(self) -> None:
+        if self._reload:
+            self._reload = False
+            await asyncio.to_thread(self._load)
+        now = asyncio.get_running_loop().time()
+        await self._flush_late_gasps()
+        if self._group_first is not None and now >= self._group_due():
+            await self._decide()
+        for state in [s for s in self._open.values() if s.first_up is not None and now >= self._restore_due(s)]:
+            await self._verify(state)
+
+    async def _publish(self, records: Iterable[tuple[OutageRecord, str]]) -> None:
+        at = self._now()
+        for record, change in records:
+            await self._bus.publish(OUTAGES_CHANGED, changed(record, change, at))
+
+    async def _flush_late_gasps(self) -> None:
+        late, self._late_gasps = self._late_gasps, {}
+        late = {k: v for k, v in late.items() if k in self._open}
+        if not late:
+            return
+
+        def write() -> list[tuple[OutageRecord, str]]:
+            with self._engine.begin() as conn:
+                done = []
+                for outage_id, meters in late.items():
+                    gasps = repo.set_last_gasp(conn, outage_id, sorted(meters))
+                    done.append((repo.change(conn, outage_id, now=self._now(), last_gasps=gasps), "updated"))
+                return done
+
+        await self._publish(await asyncio.to_thread(write))
+
+    # -- deciding a group --------------------------------------------------------------------------------------
+
+    async def _decide(self) -> None:
+        gasps, self._pending = self._pending, {}
+        self._group_first = None
+        self.decisions += 1
+        if any(m not in self._places for m in gasps) and time.monotonic() - self._loaded_at > _RELOAD_AFTER_S:
+            await asyncio.to_thread(self._load)  # meters imported since the grid was loaded
+        explained = {m for m, outages in self._member.items() if outages}
+        gasped = set(gasps)
+        back = {m for m, t in gasps.items() if self._back.get(m, -1) >= t}
+        dark, alive = set(gasps), set[int]()
+        initial = self._infer(dark, alive, explained)
+        confirm = [s for s in initial if not self._all_back(s, gasped, back)]
+        pings = [0, 0]
+        for _ in range(self._settings.confirm_rounds):
+            asked = await self._confirm(confirm, dark, alive, explained, pings)
+            if not asked:
+                break
+            confirm = [s for s in self._infer(dark - back, alive, explained) if not self._all_back(s, gasped, back)]
+        # a device whose gasping meters all came back (by push, or answering a ping) was a momentary outage
+        darkened = {m for s in confirm for m in self._meters_of(s)}
+        momentary = [
+            s for s in initial
+            if self._all_back(s, gasped, back | alive) and not darkened.intersection(self._meters_of(s))
+        ]  # fmt: skip
+        await self._record(momentary, confirm, gasps, back | alive, alive, pings)
+
+    def _infer(self, dark: set[int], alive: set[int], explained: set[int]) -> list[Suspect]:
+        located = infer(self.grid, dark | explained, alive, explained=explained, params=self._params)
+        unplaced = [m for m in dark if m not in self._places and m not in alive]  # meters outside the grid
+        return located + [Suspect(DeviceKind.METER, str(m), 1, 1, 0.0) for m in sorted(unplaced)]
+
+    def _all_back(self, suspect: Suspect, gasped: set[int], back: set[int]) -> bool:
+        """Whether every meter of the device that sent a last gasp has power again."""
+        mine = [m for m in self._meters_of(suspect) if m in gasped]
+        return bool(mine) and all(m in back for m in mine)
+
+    def _meters_of(self, suspect: Suspect) -> tuple[int, ...]:
+        return self.grid.meters((suspect.kind, suspect.id))
+
+    async def _confirm(
+        self, suspects: list[Suspect], dark: set[int], alive: set[int], explained: set[int], pings: list[int]
+    ) -> bool:
+        """Ping samples inside and around each suspect; adds to ``dark``/``alive``; False if nothing to ask."""
+        rng = random.Random(len(dark))  # noqa: S311 - sampling, not security
+        wanted: set[int] = set()
+        for suspect in suspects:
+            inside = self._meters_of(suspect)
+            if suspect.kind == DeviceKind.METER:
+                wanted.update(m for m in inside if m not in alive)
+                continue
+            parent = self.grid.parent((suspect.kind, suspect.id))
+            own = set(inside)
+            around = [m for m in self.grid.meters(parent) if m not in own] if parent else []
+            for pool in (inside, around):
+                fresh = [m for m in pool if m not in dark and m not in alive and m not in explained]
+                wanted.update(rng.sample(fresh, min(len(fresh), self._settings.ping_sample)))
+        wanted -= alive
+        if not wanted:
+            return False
+        order = sorted(wanted)
+        answers = await asyncio.gather(*(self._pinger(m) for m in order))
+        for meter, answered in zip(order, answers, strict=True):
+            (alive if answered else dark).add(meter)
+            if answered:
+                dark.discard(meter)
+        pings[0] += len(order)
+        pings[1] += sum(answers)
+        return True
+
+    async def _record(
+        self,
+        momentary: list[Suspect],
+        confirmed: list[Suspect],
+        gasps: dict[int, int],
+        back: set[int],
+        alive: set[int],
+        pings: list[int],
+    ) -> None:
+        def write() -> list[tuple[OutageRecord, str]]:
+            done: list[tuple[OutageRecord, str]] = []
+            with self._engine.begin() as conn:
+                for suspect in momentary:
+                    done.append((self._insert(conn, suspect, gasps, back, OutageState.MOMENTARY, (0, 0)), "momentary"))
+                for suspect in confirmed:
+                    if any(m in alive for m in self._meters_of(suspect)):
+                        continue  # a ping answered inside: not this device
+                    record = self._insert(conn, suspect, gasps, set(), OutageState.OPEN, (pings[0], pings[1]))
+                    done.append((record, "opened"))
+                    done += self._adopt(conn, record)
+            return done
+
+        results = await asyncio.to_thread(write)
+        for record, change in results:
+            if change == "opened":
+                meters = set(self._meters_of(_suspect_of(record)))
+                self._follow(_Open(record.id, (record.device_kind, record.device_id), meters, record.started_at))
+                _log.info("outages.opened", outage_id=record.id, device=f"{record.device_kind}:{record.device_id}")
+        await self._publish(results)
+
+    def _insert(
+        self,
+        conn: Connection,
+        suspect: Suspect,
+        gasps: dict[int, int],
+        back: set[int],
+        state: OutageState,
+        pings: tuple[int, int],
+    ) -> OutageRecord:
+        meters = self._meters_of(suspect)
+        times = [gasps[m] for m in meters if m in gasps]
+        started = datetime.fromtimestamp(min(times), UTC) if times else self._now()
+        restored_at = None
+        if state == OutageState.MOMENTARY:  # the latest power-up, or now when pings found them back
+            pushed = [self._back[m] for m in meters if m in gasps and m in self._back]
+            restored_at = datetime.fromtimestamp(max(pushed), UTC) if pushed else self._now()
+        affected = [self._affected(m, m in gasps, m in back) for m in meters]
+        if state == OutageState.MOMENTARY:  # the meters that said nothing came back with the others
+            affected = [
+                a if a.state != "dark" else replace(a, state="restored", restored_by="inferred") for a in affected
+            ]
+        area = self.grid.area((suspect.kind, suspect.id))
+        outage = NewOutage(
+            suspect.kind, suspect.id, area, state, started, "last-gasps", restored_at=restored_at,
+            pings_sent=pings[0], pings_answered=pings[1],
+        )  # fmt: skip
+        return repo.get_outage(conn, repo.insert_outage(conn, outage, affected, now=self._now()))
+
+    def _affected(self, meter: int, gasped: bool, back: bool) -> AffectedMeter:
+        place = self._places.get(meter)
+        state, by, at = "dark", None, None
+        if back:
+            pushed = self._back.get(meter)
+            by = "push" if pushed is not None else "ping"
+            at = datetime.fromtimestamp(pushed, UTC) if pushed is not None else self._now()
+            state = "restored"
+        if place is None:
+            return AffectedMeter(meter, state, gasped, restored_at=at, restored_by=by)
+        return AffectedMeter(meter, state, gasped, place.premise_id, place.critical_care, at, by)
+
+    def _adopt(self, conn: Connection, record: OutageRecord) -> list[tuple[OutageRecord, str]]:
+        """Open outages of devices below the new one become its children (nested outages)."""
+        device = (record.device_kind, record.device_id)
+        done = []
+        for state in list(self._open.values()):
+            if device in set(self.grid.ancestors(state.device)):
+                child = repo.get_outage(conn, state.id)
+                if child.parent_id is None:
+                    done.append((repo.change(conn, state.id, now=self._now(), parent_id=record.id), "nested"))
+        return done
+
+    # -- restoration -------------------------------------------------------------------------------------------
+
+    async def _verify(self, state: _Open) -> None:
+        """Ping the meters that did not report back; list those still dark; open child outages for dark devices."""
+        self._untrack(state.id)
+        silent = sorted(state.meters - state.restored)
+        answers = await asyncio.gather(*(self._pinger(m) for m in silent))
+        answered = {m for m, ok in zip(silent, answers, strict=True) if ok}
+        still = set(silent) - answered
+        for meter in answered:  # back in every other open outage too
+            for other in self._member.get(meter, set()):
+                self._open[other].restored.add(meter)
+        suspects = infer(self.grid, still, state.restored | answered, params=self._params, within=state.device)
+        devices = [s for s in suspects if s.kind != DeviceKind.METER and not self._followed(s)]
+
+        def write() -> list[tuple[OutageRecord, str]]:
+            now = self._now()
+            with self._engine.begin() as conn:
+                repo.mark_meters(
+                    conn, state.id, sorted(answered), state="restored", restored_by="ping", restored_at=now
+                )
+                pushed = sorted(state.restored)
+                repo.mark_meters(
+                    conn, state.id, pushed, state="restored", restored_by="push", restored_at=state.restored_at
+                )
+                repo.mark_meters(conn, state.id, sorted(still), state="still-dark")
+                done: list[tuple[OutageRecord, str]] = []
+                for suspect in devices:
+                    meters = [m for m in self._meters_of(suspect) if m in still]
+                    outage = NewOutage(
+                        suspect.kind, suspect.id, self.grid.area((suspect.kind, suspect.id)), OutageState.OPEN,
+                        state.started_at, "verification", parent_id=state.id,
+                    )  # fmt: skip
+                    affected = [self._affected(m, False, False) for m in meters]
+                    child = repo.insert_outage(conn, outage, affected, now=now)
+                    done.append((repo.get_outage(conn, child), "opened"))
+                current = repo.get_outage(conn, state.id)
+                restored_at = state.restored_at or now
+                quick = not still and (restored_at - state.started_at).total_seconds() <= self._settings.momentary_s
+                final = repo.change(
+                    conn, state.id, now=now, state=OutageState.MOMENTARY if quick else OutageState.RESTORED,
+                    restored_at=restored_at, verified_at=now, still_dark=len(still),
+                    pings_sent=current.pings_sent + len(silent), pings_answered=current.pings_answered + len(answered),
+                )  # fmt: skip
+                return [(final, "momentary" if quick else "restored"), *done]
+
+        results = await asyncio.to_thread(write)
+        for record, change in results:
+            if change == "opened":
+                self._track(_Open(record.id, (record.device_kind, record.device_id), set(), record.started_at))
+                self._open[record.id].meters = set(self._meters_of(_suspect_of(record))) & still
+                for meter in self._open[record.id].meters:
+                    self._member.setdefault(meter, set()).add(record.id)
+        _log.info("outages.restored", outage_id=state.id, still_dark=len(still))
+        await self._publish(results)
+
+    def _back_since(self, state: _Open) -> set[int]:
+        """Meters whose power-up (any, also before this outage's tracking) is newer than the outage's start."""
+        start = state.started_at.timestamp()
+        return {m for m in state.meters if self._back.get(m, -1) >= start}
+
+    def _followed(self, suspect: Suspect) -> bool:
+        """Whether an open outage already follows this device (or one above it)."""
+        device = (suspect.kind, suspect.id)
+        above = {device, *self.grid.ancestors(device)}
+        return any(s.device in above for s in self._open.values())
+
+
+def _suspect_of(record: OutageRecord) -> Suspect:
+    return Suspect(record.device_kind, record.device_id, record.meters, record.last_gasps, 0.0)
