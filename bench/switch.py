@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,6 +71,7 @@ async def _collect(platform: Platform, ids: list[int]) -> tuple[float, int]:
 
 
 Stages = dict[str, list[float]]
+_API_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
 
 
 async def _command(platform: Platform, request: CommandRequest, timeout_s: float, stages: Stages) -> float | None:
@@ -78,10 +81,9 @@ async def _command(platform: Platform, request: CommandRequest, timeout_s: float
     confirmed: the DLMS session and the final read), notify (confirmed → the waiter has it).
     """
     started = time.perf_counter()
-    queue = platform.commands
-    assert queue is not None
     # on threads of their own, as the API's requests run on the server's threads, not the collector's
-    view = await queue.db(switch_services.submit, platform, OPERATOR, request)
+    submit = functools.partial(switch_services.submit, platform, OPERATOR, request)
+    view = await asyncio.get_running_loop().run_in_executor(_API_THREADS, submit)
     submitted = time.perf_counter()
     done = await switch_services.wait_for(platform, view.id, timeout_s)
     total = time.perf_counter() - started

@@ -222,3 +222,33 @@ async def test_uncommanded_openings_in_one_area_put_its_meters_in_ignore_disconn
     for meter_id in area_meters:
         assert (await switch.read_state(platform, OPERATOR, meter_id)).ignore_disconnects is False
     assert switch_guard.get_alarm(engine, SECURITY, alarm.id, now=datetime.now(UTC))[0].state == "cleared"
+
+
+async def test_a_large_shed_waits_for_a_second_person_then_limits_and_is_restored(engine: Engine, site: Site) -> None:
+    platform, meter_of = site.platform, site.meter_of
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.premises).values(critical_care=False))
+    switch_guard.configure(GuardSettings(approval_batch_size=2))  # this platform's process: 3 meters need approval
+    targets = tuple(meter_of[i] for i in (6, 7, 8))
+    shed_id = workflows.start_shed(platform, OPERATOR, ShedTarget(meter_ids=targets), mode="limit", threshold_w=1800,
+                                   duration_s=600, reason="peak demand")  # fmt: skip
+    running = asyncio.create_task(workflows.run(platform, shed_id))
+
+    def held() -> bool:
+        return workflows.get_workflow(platform, OPERATOR, shed_id).state == "awaiting-approval"
+
+    await _until("the shed to wait for approval", held)
+    (batch,) = switch_guard.list_batches(engine, SECURITY, now=datetime.now(UTC))
+    with pytest.raises(switch_guard.SameApprover):
+        switch_guard.approve_batch(platform, OPERATOR, batch.id)
+    switch_guard.approve_batch(platform, SECURITY, batch.id)
+    shed = await asyncio.wait_for(running, DEADLINE_S * 2)
+    assert shed.state == "completed", shed.failure_reason
+    assert [s.step for s in shed.steps] == ["select", "submit", "confirm"]
+    assert "second approver" in shed.steps[1].detail
+    for meter_id in targets:
+        assert (await switch.read_state(platform, OPERATOR, meter_id)).active_threshold_w == 1800
+    restored = await _workflow(platform, workflows.start_restore(platform, OPERATOR, shed_id))
+    assert restored.state == "completed", restored.failure_reason
+    views = switch.list_commands(platform, OPERATOR, workflow=f"restore:{restored.id}")
+    assert sorted((v.command, v.status) for v in views) == [("cancel-limit", "confirmed")] * 3

@@ -38,9 +38,9 @@ def cli_scope() -> RequestScope:
 async def _run(settings: Settings, start: Starter) -> Workflow:
     platform = build_platform(settings, engine=open_storage(settings))
     try:
-        await start_platform(platform)
-        workflow_id = start(platform, cli_scope())
+        workflow_id = start(platform, cli_scope())  # refusals (policy, critical care, calendar) before any start
         click.echo(f"workflow {workflow_id} started", err=True)
+        await start_platform(platform)
         return await workflow_services.run(platform, workflow_id)
     finally:
         await stop_platform(platform)

@@ -267,21 +267,27 @@ class Collector:
                 self.targets[meter_id] = target
             elapsed = loop.time() - started
             self._layouts[meter_id] = result.layout
-            if result.event_log is not None:
-                self._event_logs[meter_id] = result.event_log
             await self.counters.record(
                 meter_id,
                 client_ic_next=result.counters.client_ic_next,
                 server_ic_last=result.counters.server_ic_last,
                 key_version=target.key_version,
             )
+            if result.event_log is not None and self._hand_on_events(meter_id, result):
+                self._event_logs[meter_id] = result.event_log
         await self._bus.publish(READINGS_COLLECTED, result.readings)
-        if result.events and self.events is not None:
-            received = result.readings.read_at.timestamp()
-            await self.events.submit_log(
-                [EventRow(meter_id, e.code, e.meter_time, received, "log", e.value) for e in result.events]
-            )
         return result.readings, elapsed
+
+    def _hand_on_events(self, meter_id: int, result: ReadResult) -> bool:
+        """Give the event-log rows to the event pipeline without waiting; False when its queue is full
+        (an event storm): the meter's log position is then kept, so the next session reads them again."""
+        if not result.events:
+            return True
+        if self.events is None:
+            return False
+        received = result.readings.read_at.timestamp()
+        rows = [EventRow(meter_id, e.code, e.meter_time, received, "log", e.value) for e in result.events]
+        return self.events.offer_log(rows)
 
     def meter_lock(self, meter_id: int) -> asyncio.Lock:
         """Held for every session with the meter: a meter serves one at a time."""

@@ -236,10 +236,22 @@ async def _refusal(client: DlmsClient, exc: ServiceError, step: _Step) -> Comman
     return CommandOutcome(None, record.reason, f"refused ({result.name.lower()})")
 
 
-async def _final_read(client: DlmsClient, now: datetime) -> FinalRead:
-    import_wh, _ = await client.read_register(obis_codes.ACTIVE_IMPORT)
-    export_wh, _ = await client.read_register(obis_codes.ACTIVE_EXPORT)
-    return FinalRead(float(import_wh), float(export_wh), now)
+_FINAL_ITEMS: list[tuple[Obis | str, int, int]] = [
+    (code, 3, attr) for code in (obis_codes.ACTIVE_IMPORT, obis_codes.ACTIVE_EXPORT) for attr in (2, 3)
+]
+
+
+async def _final_read(client: DlmsClient, now: datetime) -> FinalRead | None:
+    """Both energy registers (value and scaler_unit) in one GET-with-list, right after the switch opened.
+
+    None when the meter refuses one: the disconnect is confirmed all the same (the next collection
+    reads the registers).
+    """
+    answers = await client.get_with_list(_FINAL_ITEMS)
+    import_wh, export_wh = _scaled(answers[0], answers[1]), _scaled(answers[2], answers[3])
+    if import_wh is None or export_wh is None:
+        return None
+    return FinalRead(import_wh, export_wh, now)
 
 
 _STATE_ITEMS: list[tuple[Obis | str, int, int]] = [

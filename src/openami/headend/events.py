@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from openami.bus.base import Bus
@@ -40,6 +40,7 @@ __all__ = ["EventPipeline", "PipelineStats", "Refusal"]
 
 _log = structlog.get_logger("openami.headend.events")
 _STORE_ATTEMPTS = 3
+_MAX_REFUSAL_EVENTS = 50  # security events per kind and batch; more are counted in one summary event
 _YIELD_EVERY = 64  # notifications decoded between yields to the event loop (about 2-3 ms of CPU)
 Detail = str | int | float | bool | None
 
@@ -166,10 +167,16 @@ class EventPipeline:
         """A notification as received (its APDU); waits while the queue is full (backpressure)."""
         await self._queue.put(_Pushed(apdu, received_at, peer))
 
-    async def submit_log(self, rows: Sequence[EventRow]) -> None:
-        """Entries read from a meter's event log on collection (already authenticated by the session)."""
+    def offer_log(self, rows: Sequence[EventRow]) -> bool:
+        """Entries read from a meter's event log on collection (authenticated by the session that read
+        them). Never waits, so a push storm cannot hold up a collection or an on-demand read: False when
+        the queue is full, and the collector reads those rows again next time."""
         if rows:
-            await self._queue.put(_Logged(tuple(rows)))
+            try:
+                self._queue.put_nowait(_Logged(tuple(rows)))
+            except asyncio.QueueFull:
+                return False
+        return True
 
     async def submit_refusal(self, refusal: Refusal) -> None:
         """A refusal found on the wire (bad framing, oversized input): recorded as a security event."""
@@ -295,10 +302,7 @@ class EventPipeline:
             unknown = {r.row.meter_id for r in outcome.rejected if r.reason == "unknown-meter"}
             counters = {k: v for k, v in batch.counters.items() if k[0] not in unknown}
             events_repo.advance_push_counters(conn, counters, now=moment.timestamp())
-            for refusal in batch.refusals:
-                security_events.raise_event(
-                    conn, refusal.kind, now=moment, meter_id=refusal.meter_id, details=refusal.details
-                )
+            _raise_refusals(conn, batch.refusals, now=moment)
             for meter_id in sorted(unknown):
                 details: dict[str, Detail] = {"reason": "unknown-meter", "meter": meter_id}
                 security_events.raise_event(conn, "push.unknown-source", now=moment, details=details)
@@ -307,6 +311,21 @@ class EventPipeline:
         if outcome.rejected:
             _log.warning("headend.events.rejected", count=len(outcome.rejected))
         return outcome
+
+
+def _raise_refusals(conn: Connection, refusals: Sequence[Refusal], *, now: datetime) -> None:
+    """One security event per refusal, at most ``_MAX_REFUSAL_EVENTS`` per kind and batch; the rest of a
+    flood is one more event counting them (``suppressed``), so junk cannot make the audit log the
+    bottleneck that last gasps queue behind."""
+    by_kind: dict[str, list[Refusal]] = {}
+    for refusal in refusals:
+        by_kind.setdefault(refusal.kind, []).append(refusal)
+    for kind, group in by_kind.items():
+        for refusal in group[:_MAX_REFUSAL_EVENTS]:
+            security_events.raise_event(conn, kind, now=now, meter_id=refusal.meter_id, details=refusal.details)
+        if len(group) > _MAX_REFUSAL_EVENTS:
+            details: dict[str, Detail] = {"reason": "flood", "suppressed": len(group) - _MAX_REFUSAL_EVENTS}
+            security_events.raise_event(conn, kind, now=now, details=details)
 
 
 def _decode_with(apdu: bytes, keys: tuple[bytes, bytes]) -> DecodedPush:

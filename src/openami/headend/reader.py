@@ -31,7 +31,9 @@ from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import (
     AssociationError,
     AuthenticationTagError,
+    DecodeError,
     DlmsError,
+    ProtocolStateError,
     ReplayError,
     SecurityError,
 )
@@ -337,8 +339,8 @@ async def _read_event_log(
             datetime.fromtimestamp(end, UTC),
             columns=_EVENT_LOG_COLUMNS,
         )
-    except ServiceError:  # refused by the meter: the readings stand, the log is asked again next time
-        return state, ()
+    except (ServiceError, ProtocolStateError, DecodeError):  # refused, or rows openami cannot read: the
+        return state, ()  # readings stand, the log is asked again next time (never a failed session)
     return EventLogState(end, True, in_use), tuple(_logged(row) for row in rows if _is_event(row))
 
 

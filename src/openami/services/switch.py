@@ -634,6 +634,9 @@ def _executor(platform: Platform) -> CommandExecutor:
 # -- the queue -------------------------------------------------------------------------------------------
 
 
+_Step = Callable[..., CommandView]  # an outcome's recording step: (queue, conn, row, *args, now=) -> view
+
+
 class CommandQueue:
     """Sends due commands to the meters and records what they answered (one per platform process)."""
 
@@ -644,6 +647,8 @@ class CommandQueue:
         self._wake = asyncio.Event()
         self._final: dict[int, asyncio.Event] = {}  # command id -> its waiters' event
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="switch-db")
+        self._outcomes: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._busy: set[int] = set()  # meters with a command on its way
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -768,13 +773,13 @@ class CommandQueue:
                     row.meter_id, _signed(row), final_read=row.command == "disconnect"
                 )
             except NotFound as exc:
-                view = await self.db(self._finish_failed, row, exc.message, None)
+                view = await self._record(CommandQueue._finish_failed, row, exc.message, None)
             except MeterCommunicationError as exc:
-                view = await self.db(self._retry_later, row, f"{exc.step}: {exc.message}")
+                view = await self._record(CommandQueue._retry_later, row, f"{exc.step}: {exc.message}")
             else:
                 if outcome.refusal is Refusal.REPLAYED and row.attempts > 1:
                     outcome = await self._executed_earlier(row, outcome)
-                view = await self.db(self._settle, row, outcome)
+                view = await self._record(CommandQueue._settle, row, outcome)
             self._publish(_changed(view, view.updated_at))
         except Exception as exc:
             _log.error("switch.command.error", command_id=row.id, error=type(exc).__name__)
@@ -824,34 +829,63 @@ class CommandQueue:
             return None  # taken by another process meanwhile
         return repo.get_command(conn, row.id)
 
-    def _retry_later(self, row: CommandRow, error: str) -> CommandView:
-        """The meter did not answer: queued again after a backoff, or expired when that is past its validity."""
+    async def _record(self, step: _Step, row: CommandRow, *args: Any) -> CommandView:
+        """Record an outcome; outcomes that arrive together are written in ONE transaction (group commit):
+        every audited write waits for the audit chain's head, so fewer transactions mean less waiting."""
+        future: asyncio.Future[CommandView] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((step, row, args, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_outcomes(), name="switch.outcomes")
+            self._tasks.add(self._writer)
+            self._writer.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _write_outcomes(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                views = await self.db(self._apply, batch)
+            except Exception as exc:  # noqa: BLE001 - each waiter gets the error; the commands stay "sent"
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), view in zip(batch, views, strict=True):
+                if not future.done():
+                    future.set_result(view)
+
+    def _apply(self, batch: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]]
+               ) -> list[CommandView]:  # fmt: skip
         now = self._platform.now()
+        with self._platform.engine.begin() as conn:
+            return [step(self, conn, row, *args, now=now) for step, row, args, _ in batch]
+
+    def _retry_later(self, conn: Connection, row: CommandRow, error: str, *, now: datetime) -> CommandView:
+        """The meter did not answer: queued again after a backoff, or expired when that is past its validity."""
         backoff = min(self._settings.max_backoff_s, self._settings.retry_backoff_s * 2 ** max(0, row.attempts - 1))
         retry_at = now + timedelta(seconds=backoff)
-        with self._platform.engine.begin() as conn:
-            if retry_at > row.not_after:
-                why = f"the meter did not answer before the command expired ({error})"[:255]
-                _move(conn, row, ("sent",), "expired", {"failure_reason": why}, actor=_SYSTEM, now=now)
-            else:
-                _move(conn, row, ("sent",), "queued", {"failure_reason": error[:255], "next_attempt_at": retry_at},
-                      actor=_SYSTEM, now=now)  # fmt: skip
-            return _view(repo.get_command(conn, row.id))
+        if retry_at > row.not_after:
+            why = f"the meter did not answer before the command expired ({error})"[:255]
+            _move(conn, row, ("sent",), "expired", {"failure_reason": why}, actor=_SYSTEM, now=now)
+        else:
+            _move(conn, row, ("sent",), "queued", {"failure_reason": error[:255], "next_attempt_at": retry_at},
+                  actor=_SYSTEM, now=now)  # fmt: skip
+        return _view(repo.get_command(conn, row.id))
 
-    def _finish_failed(self, row: CommandRow, why: str, refusal: str | None) -> CommandView:
-        now = self._platform.now()
+    def _finish_failed(
+        self, conn: Connection, row: CommandRow, why: str, refusal: str | None, *, now: datetime
+    ) -> CommandView:
         values: dict[str, Any] = {"failure_reason": why[:255]}
         if refusal is not None:
             values["refusal"] = refusal
-        with self._platform.engine.begin() as conn:
-            _move(conn, row, ("sent",), "failed", values, actor=_SYSTEM, now=now)
-            return _view(repo.get_command(conn, row.id))
+        _move(conn, row, ("sent",), "failed", values, actor=_SYSTEM, now=now)
+        return _view(repo.get_command(conn, row.id))
 
-    def _settle(self, row: CommandRow, outcome: CommandOutcome) -> CommandView:
+    def _settle(self, conn: Connection, row: CommandRow, outcome: CommandOutcome, *, now: datetime) -> CommandView:
         if outcome.confirmation is None:
             refusal = outcome.refusal.name.lower().replace("_", "-") if outcome.refusal is not None else "unknown"
             why = f"refused by the meter: {refusal}" + (f" ({outcome.detail})" if outcome.detail else "")
-            return self._finish_failed(row, why, refusal)
+            return self._finish_failed(conn, row, why, refusal, now=now)
         c = outcome.confirmation
         values: dict[str, Any] = {
             "output_state": c.output_state, "control_state": c.control_state, "voltage_v": c.voltage_v,
@@ -861,10 +895,8 @@ class CommandQueue:
         if outcome.final_read is not None:
             f = outcome.final_read
             values |= {"final_import_wh": f.import_wh, "final_export_wh": f.export_wh, "final_read_at": f.read_at}
-        now = self._platform.now()
-        with self._platform.engine.begin() as conn:
-            _move(conn, row, ("sent",), "confirmed", values, actor=_SYSTEM, now=now)
-            return _view(repo.get_command(conn, row.id))
+        _move(conn, row, ("sent",), "confirmed", values, actor=_SYSTEM, now=now)
+        return _view(repo.get_command(conn, row.id))
 
 
 def _resign(conn: Connection, platform: Platform, row: CommandRow, now: datetime) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from openami.bus import topics
 from openami.bus.base import Unsubscribe
 from openami.db import guard as db
+from openami.db import tables as t
 from openami.db.guard import Alarm, AreaMode, Batch
 from openami.db.tables import substations
 from openami.domain.meter_events import EventCode, MeterEvent, MeterEvents
@@ -73,6 +74,7 @@ __all__ = [
     "is_uncommanded",
     "list_alarms",
     "list_batches",
+    "record_refusal",
     "reject",
     "start_detector",
     "stop_detector",
@@ -95,6 +97,7 @@ class GuardRefused(InvalidInput):
 
     code = "guard-refused"
     http_status = 429
+    audited = True  # False when it still needs its audit entry (raised under SQLite's write lock)
 
 
 class IgnoringDisconnects(GuardRefused):
@@ -139,11 +142,10 @@ def admit(conn: Connection, scope: RequestScope, command: str, meter_ids: Sequen
     batch id when the batch needs a second approver. Call it before writing in ``conn``.
     """
     settings = current_settings()
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+    guarded = command in DISCONNECTS or command in settings.approval_commands
     areas = db.areas_of(conn, meter_ids)
-    if command in DISCONNECTS:
-        _check_disconnects(conn, scope, areas, settings, now=now)
+    if guarded:
+        _serialise(conn, scope, command, areas, settings, now)
     if command in settings.approval_commands and len(areas) > settings.approval_batch_size:
         batch_id = db.create_batch(conn, command, areas, requested_by=scope.principal, now=now)
         reason = f"{len(areas)} meters exceed the two-person limit of {settings.approval_batch_size}"
@@ -156,21 +158,56 @@ def admit(conn: Connection, scope: RequestScope, command: str, meter_ids: Sequen
     return Admission("admitted")
 
 
+def _serialise(
+    conn: Connection,
+    scope: RequestScope,
+    command: str,
+    areas: Mapping[int, str | None],
+    settings: GuardSettings,
+    now: datetime,
+) -> None:
+    """Check, and make the admissions that are counted happen one at a time until their commit.
+
+    PostgreSQL: a transaction-scoped advisory lock first, then the checks. SQLite: the checks first
+    (a refusal is audited in its own transaction, which needs the write lock), then the write lock
+    (a no-op UPDATE: pysqlite begins the transaction there) and the checks once more, against
+    whatever committed meanwhile; a refusal then is audited by ``services.switch`` after the rollback.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+        if command in DISCONNECTS:
+            _check_disconnects(conn, scope, areas, settings, now=now)
+        return
+    if command in DISCONNECTS:
+        _check_disconnects(conn, scope, areas, settings, now=now)
+    gm = t.guard_area_modes
+    conn.execute(sa.update(gm).where(sa.false()).values(reason=gm.c.reason))  # takes SQLite's write lock
+    if command in DISCONNECTS:
+        _check_disconnects(conn, scope, areas, settings, now=now, audit_own=False)
+
+
 def _check_disconnects(
-    conn: Connection, scope: RequestScope, areas: Mapping[int, str | None], settings: GuardSettings, *, now: datetime
+    conn: Connection,
+    scope: RequestScope,
+    areas: Mapping[int, str | None],
+    settings: GuardSettings,
+    *,
+    now: datetime,
+    audit_own: bool = True,
 ) -> None:
     """Refuse (audited) disconnects to an area in ignore-disconnects mode, or over a rate limit."""
+    refuse = _refuse if audit_own else _raise
     ignoring = db.ignoring_areas(conn, areas.values())
     if ignoring:
         names = ", ".join(sorted(ignoring))
-        _refuse(conn, scope, IgnoringDisconnects(f"area {names} is in ignore-disconnects mode until cleared"), now)
+        refuse(conn, scope, IgnoringDisconnects(f"area {names} is in ignore-disconnects mode until cleared"), now)
     since = now - timedelta(seconds=settings.rate_window_s)
     counts = db.count_disconnects(conn, since, (a for a in areas.values() if a is not None))
     window = f"{settings.rate_window_s} s"
     if counts[None] + len(areas) > settings.max_disconnects_fleet:
         message = (f"fleet-wide limit of {settings.max_disconnects_fleet} disconnects per {window}: "
                    f"{counts[None]} admitted, {len(areas)} more asked")  # fmt: skip
-        _refuse(conn, scope, GuardRefused(message), now)
+        refuse(conn, scope, GuardRefused(message), now)
     asked: dict[str, int] = {}
     for area in areas.values():
         if area is not None:
@@ -179,17 +216,29 @@ def _check_disconnects(
         if counts.get(area, 0) + n > settings.max_disconnects_area:
             message = (f"area {area} limit of {settings.max_disconnects_area} disconnects per {window}: "
                        f"{counts.get(area, 0)} admitted, {n} more asked")  # fmt: skip
-            _refuse(conn, scope, GuardRefused(message), now)
+            refuse(conn, scope, GuardRefused(message), now)
+
+
+def _raise(_conn: Connection, _scope: RequestScope, error: GuardRefused, _now: datetime) -> None:
+    """Raise ``error`` unaudited: the caller holds the write lock; it is audited after the rollback."""
+    error.audited = False
+    raise error
 
 
 def _refuse(conn: Connection, scope: RequestScope, error: GuardRefused, now: datetime) -> None:
     """Audit the refusal and raise it as a security event in their own transaction, then raise ``error``."""
+    record_refusal(conn.engine, scope, error, now=now)
+    raise error
+
+
+def record_refusal(engine: Engine, scope: RequestScope, error: GuardRefused, *, now: datetime) -> None:
+    """The audit entry (``switch.disconnect`` denied) and the security event ``guard.refused`` of a refusal."""
     details: dict[str, str | int | float | bool | None] = {"code": error.code, "reason": error.message[:300]}
-    with conn.engine.begin() as own:
+    with engine.begin() as own:
         entry = AuditEntry(actor=scope.principal, action="switch.disconnect", outcome="denied", details=details)
         audit.record(own, entry, now=now)
         events.raise_event(own, "guard.refused", now=now, actor=scope.principal, details=details)
-    raise error
+    error.audited = True
 
 
 def _switch() -> ModuleType:
@@ -234,14 +283,20 @@ def approve(engine: Engine, scope: RequestScope, batch_id: int, *, now: datetime
 
     Raises NotFound, Conflict (not awaiting approval), SameApprover (the requester), GuardRefused.
     """
+    try:
+        return _approve(engine, scope, batch_id, now=now)
+    except GuardRefused as refused:
+        if not refused.audited:  # refused under the write lock: audited now, after the rollback
+            record_refusal(engine, scope, refused, now=now)
+        raise
+
+
+def _approve(engine: Engine, scope: RequestScope, batch_id: int, *, now: datetime) -> Batch:
     with engine.begin() as conn:
         authorize(conn, scope, "commands.approve", Resource("batch", str(batch_id)), now=now)
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
         batch = _held_batch(conn, scope, batch_id, "approve", now)
         areas = db.areas_of(conn, batch.meter_ids)
-        if batch.command in DISCONNECTS:
-            _check_disconnects(conn, scope, areas, current_settings(), now=now)
+        _serialise(conn, scope, batch.command, areas, current_settings(), now)
         if not db.decide_batch(conn, batch_id, "approved", by=scope.principal, now=now):
             raise Conflict(f"batch {batch_id} was decided meanwhile")
         if batch.command in DISCONNECTS:

@@ -5,6 +5,7 @@ security event and nothing stored; a burst of 10,000 notifications stored withou
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from openami.db import tables as t
 from openami.db.meters import upsert_meters
 from openami.domain.meter_events import EventCode, MeterEvents
 from openami.domain.meters import CustomerClass
-from openami.headend.events import EventPipeline
+from openami.headend.events import EventPipeline, Refusal
 from openami.headend.push_listener import PushListener
 from openami.headend.reader import MeterTarget, PendingKeys
 from openami.protocols.dlms.push import PushedEvent, encode_push
@@ -285,3 +286,41 @@ async def test_a_burst_of_ten_thousand_notifications_is_stored_without_loss(engi
     assert len(rig.published_keys()) == 10_000
     assert len(set(rig.published_keys())) == 10_000
     assert rig.pipeline.stats.refused == {}
+
+
+async def test_a_flood_of_junk_is_recorded_in_bounded_security_events_and_good_pushes_still_get_through(
+    rig: Rig,
+) -> None:
+    a = sorted(rig.targets)[0]
+    at = _now_s() - 5
+    junk = [encode_wrapper(1, 102, b"\xdb\x08" + os.urandom(40)) for _ in range(300)]
+    good = [rig.frame(a, [_event(EventCode.POWER_DOWN, at + i)]) for i in range(20)]
+    mixed = [frame for pair in zip(junk[:20], good, strict=True) for frame in pair] + junk[20:]
+    await asyncio.gather(*(rig.send(*mixed[i::10]) for i in range(10)))
+    await rig.settle(320)
+    assert len(_stored(rig.engine)) == 20
+    s = t.security_events.c
+    with rig.engine.connect() as conn:
+        rows = conn.execute(sa.select(s.kind, s.details)).all()
+    assert {kind for kind, _ in rows} == {"push.unknown-source"}
+    suppressed = sum(json.loads(details).get("suppressed", 0) for _, details in rows)
+    individual = sum(1 for _, details in rows if "suppressed" not in json.loads(details))
+    assert individual + suppressed == 300  # every refusal recorded: on its own or counted in a flood event
+    assert rig.pipeline.stats.refused == {"push.unknown-source": 300}
+
+
+async def test_refusals_beyond_the_per_batch_bound_become_one_summary_event(engine: Engine) -> None:
+    pipeline = EventPipeline(engine, InProcessBus(), dict, PushSettings(port=0, workers=1))
+    for n in range(120):  # queued before the worker starts: it takes them as one batch
+        await pipeline.submit_refusal(Refusal("push.unknown-source", None, {"reason": "malformed-frame", "n": n}))
+    await pipeline.start()
+    try:
+        await pipeline.drain()
+    finally:
+        await pipeline.stop()
+    s = t.security_events.c
+    with engine.connect() as conn:
+        rows = [json.loads(d) for (d,) in conn.execute(sa.select(s.details).order_by(s.id))]
+    assert len(rows) == 51
+    assert [r["n"] for r in rows[:50]] == list(range(50))
+    assert rows[50]["suppressed"] == 70

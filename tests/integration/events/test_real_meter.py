@@ -21,13 +21,14 @@ from openami.db.meters import upsert_meters
 from openami.domain.meter_events import EventCode, MeterEvents
 from openami.domain.meters import CustomerClass
 from openami.headend.collector import Collector
-from openami.headend.events import EventPipeline
+from openami.headend.events import EventPipeline, Refusal
 from openami.headend.push_listener import PushListener
 from openami.headend.reader import MeterTarget
 from openami.protocols.dlms import obis
 from openami.protocols.dlms.client import DlmsClient
 from openami.settings import CollectionSettings, PushSettings
 from openami.sim.meter import MeterConfig, SimulatedMeter, close_servers, serve_meter
+from openami.sim.meter_profile import encode_clock
 from tests.integration.db.helpers import spec
 
 TITLE = b"OAM\x00\x00\x07\x00\x01"
@@ -154,3 +155,38 @@ async def test_collection_reads_the_event_log_so_a_lost_last_gasp_is_still_store
     assert profiles.count(str(obis.EVENT_LOG)) == 2
     assert _stored(stack.engine) == [(1, "log"), (2, "push"), (42, "push")]
     assert [c for c, _ in stack.published_codes()] == [2, 1, 42]
+
+
+async def test_a_full_queue_neither_blocks_a_collection_nor_loses_the_logs_events(stack: Stack) -> None:
+    jammed = EventPipeline(stack.engine, InProcessBus(), lambda: stack.collector.targets, PushSettings(queue_size=1))
+    await jammed.submit_refusal(Refusal("push.unknown-source", None, {"reason": "test"}))  # full, no worker yet
+    stack.collector.events = jammed
+    stack.meter.power_fail(last_gasp=False)
+    stack.meter.power_restore()
+    await stack.wait_stored(1)  # the restoration's push, through the listener's own pipeline
+
+    summary = await asyncio.wait_for(stack.collector.collect([stack.meter_id]), DEADLINE_S)  # does not wait
+    assert summary.received == 1
+    assert _stored(stack.engine) == [(2, "push")]  # the log's rows found no room
+
+    await jammed.start()  # the storm is over
+    try:
+        await jammed.drain()
+        await stack.collector.collect([stack.meter_id])  # the same rows are read again
+        await jammed.drain()
+    finally:
+        await jammed.stop()
+    assert _stored(stack.engine) == [(1, "log"), (2, "push")]
+
+
+async def test_log_rows_openami_cannot_read_are_skipped_and_the_readings_stand(stack: Stack) -> None:
+    at = int(stack.meter.clock.time().timestamp()) - 5
+    # a vendor row of another shape (an octet-string where the code should be), straight into the log's buffer
+    stack.meter.event_log._buffer.capture((encode_clock(at), b"vendor-specific", None))
+    stack.meter.record_event(EventCode.COVER_OPENED)  # pushed, and logged after the odd row
+    await stack.wait_stored(1)
+    summary = await stack.collector.collect([stack.meter_id])
+    assert summary.received == 1
+    assert summary.failed == 0
+    await stack.wait_stored(2)  # the log's cover-opened: a duplicate of the push
+    assert _stored(stack.engine) == [(40, "push")]

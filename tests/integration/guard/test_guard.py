@@ -4,6 +4,7 @@ the guard decides about."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,36 @@ async def test_uncommanded_openings_in_one_area_raise_an_alarm_and_the_ignore_mo
     assert (cleared.state, cleared.cleared_by) == ("cleared", "user:sec")
     modes = switch_guard.area_modes(engine, SECURITY, now=platform.now())
     assert [(m.area, m.ignore_disconnects) for m in modes] == [("S1", False)]
+
+
+def test_concurrent_batches_cannot_both_slip_under_a_rate_limit(engine: Engine, tmp_path: Path, grid: Grid) -> None:
+    guard = GuardSettings(max_disconnects_area=4, approval_batch_size=100)
+    platform = platform_on(engine, tmp_path, guard, Clock())
+    switch.ensure_authority(platform)  # created once, before the race
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def submit(meter_ids: list[int], scope: object) -> None:
+        barrier.wait()
+        try:
+            _disconnect(platform, meter_ids, scope)
+            outcomes.append("queued")
+        except GuardRefused:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit, args=(grid.s1[:3], ALICE)),
+               threading.Thread(target=submit, args=(grid.s1[3:6], BOB))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["queued", "refused"]
+    assert _count(engine, t.guard_disconnects) == 3
+    assert _count(engine, t.switch_commands) == 3
+    assert (
+        len(_denials(engine, "switch.disconnect"))
+        + _count(  # audited, by the guard or after the rollback
+            engine, t.audit_log, t.audit_log.c.action == "switch.disconnect", t.audit_log.c.outcome == "failed"
+        )
+        >= 1
+    )

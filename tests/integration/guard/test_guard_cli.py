@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import Engine
 
 from openami.cli.guard import calendar, guard
+from openami.cli.workflows import workflow
 from openami.security.policy import ALL_SCOPES, RequestScope, Role
 from openami.services import switch
 from openami.services.switch import CommandRequest, LimitParameters
@@ -77,3 +78,12 @@ def test_guard_commands_keep_the_two_person_rule(
     assert cleared.exit_code == 0, cleared.output
     assert run(guard, "clear", "S1").exit_code == 1  # not in the mode any more
     assert run(guard, "alarms").exit_code == 0
+
+
+def test_workflow_commands_refuse_before_starting_anything(run: Callable[..., Result], grid: Grid) -> None:
+    refused = run(workflow, "non-payment", "--meter", str(grid.critical))
+    assert refused.exit_code == 2
+    assert "critical-care" in refused.output
+    unknown = run(workflow, "show", "4242")
+    assert unknown.exit_code == 1
+    assert "no workflow 4242" in unknown.output

@@ -115,6 +115,7 @@ def list_batches(
 
 @router.get("/guard/batches/{batch_id}", response_model=BatchOut, summary="One held batch")
 def get_batch(platform: PlatformDep, scope: Scope, batch_id: BatchId) -> BatchOut:
+    """A held batch and its meters (``guard.read``)."""
     return _batch(guard.get_batch(platform.engine, scope, batch_id, now=platform.now()))
 
 
@@ -135,17 +136,20 @@ def reject(platform: PlatformDep, scope: Scope, batch_id: BatchId, body: RejectI
 def list_alarms(
     platform: PlatformDep, scope: Scope, state: Annotated[Literal["open", "cleared"] | None, Query()] = None
 ) -> list[AlarmOut]:
+    """Alarms, newest first: switch openings no authorised command explains, per area (``guard.read``)."""
     return [_alarm(a) for a in guard.list_alarms(platform.engine, scope, state=state, now=platform.now())]
 
 
 @router.get("/guard/alarms/{alarm_id}", response_model=AlarmOut, summary="One alarm and its meters")
 def get_alarm(platform: PlatformDep, scope: Scope, alarm_id: AlarmId) -> AlarmOut:
+    """An alarm and the meters whose openings it holds (``guard.read``)."""
     alarm, meters = guard.get_alarm(platform.engine, scope, alarm_id, now=platform.now())
     return _alarm(alarm, meters)
 
 
 @router.get("/guard/areas", response_model=list[AreaModeOut], summary="Areas and their ignore-disconnects mode")
 def list_areas(platform: PlatformDep, scope: Scope) -> list[AreaModeOut]:
+    """Every area whose mode was ever set, with who set it and why (``guard.read``)."""
     modes = guard.area_modes(platform.engine, scope, now=platform.now())
     return [AreaModeOut(area=m.area, ignore_disconnects=m.ignore_disconnects, changed_by=m.changed_by,
                         changed_at=m.changed_at, reason=m.reason, alarm_id=m.alarm_id) for m in modes]  # fmt: skip
@@ -223,6 +227,7 @@ def _entry(e: calendar.CalendarEntry) -> CalendarEntryOut:
 @router.get("/calendar", response_model=list[CalendarEntryOut], tags=["calendar"],
             summary="When non-payment disconnects are not allowed")  # fmt: skip
 def list_calendar(platform: PlatformDep, scope: Scope) -> list[CalendarEntryOut]:
+    """Every entry, each with its rule in words (``calendar.manage``)."""
     return [_entry(e) for e in calendar.list_entries(platform.engine, scope, now=platform.now())]
 
 
@@ -240,5 +245,6 @@ def add_calendar_entry(platform: PlatformDep, scope: Scope, body: CalendarEntryI
 def remove_calendar_entry(
     platform: PlatformDep, scope: Scope, entry_id: Annotated[int, Path(ge=1, le=2**62)]
 ) -> Response:
+    """Remove an entry (``calendar.manage``); audited."""
     calendar.remove_entry(platform.engine, scope, entry_id, now=platform.now())
     return Response(status_code=204)

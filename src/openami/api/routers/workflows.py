@@ -189,4 +189,5 @@ def list_all(
 
 @router.get("/{workflow_id}", response_model=WorkflowOut, summary="One workflow and its steps")
 def get_one(platform: PlatformDep, scope: Scope, workflow_id: WorkflowId) -> WorkflowOut:
+    """Its state, and each step's outcome, detail and command (``commands.read``)."""
     return _out(workflows.get_workflow(platform, scope, workflow_id))
