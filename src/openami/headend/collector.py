@@ -289,6 +289,11 @@ class Collector:
         rows = [EventRow(meter_id, e.code, e.meter_time, received, "log", e.value) for e in result.events]
         return self.events.offer_log(rows)
 
+    @property
+    def client_system_title(self) -> bytes:
+        """The head-end's own system title, for other sessions with meters (commands, pings)."""
+        return self._client_system_title
+
     def meter_lock(self, meter_id: int) -> asyncio.Lock:
         """Held for every session with the meter: a meter serves one at a time."""
         lock = self._locks.get(meter_id)

@@ -38,11 +38,6 @@ def _slots_of(collector: Collector) -> asyncio.Semaphore:
     return slots
 
 
-def _client_title(collector: Collector) -> bytes:
-    # The collector's client system title is the head-end's DLMS identity; it has no public accessor yet.
-    return bytes(collector._client_system_title)
-
-
 async def ping(collector: Collector, meter_id: int, *, timeout_s: float) -> bool:
     """True when the meter answers (it has power), False when it stays silent; raises nothing for I/O.
 
@@ -56,7 +51,7 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float) -> bool
         settings = ClientSettings.management(
             target.host,
             target.port,
-            system_title=_client_title(collector),
+            system_title=collector.client_system_title,
             guek=target.guek,
             gak=target.gak,
             invocation_counter=counters.client_ic_next,

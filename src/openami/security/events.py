@@ -46,7 +46,8 @@ __all__ = [
 Detail = str | int | float | bool | None
 KINDS = frozenset(
     {"meter.bad-tag", "meter.hls-failed", "meter.replay", "api.login-failed", "api.denied", "api.lockout",
-     "api.bad-certificate", "meter.command-refused"}
+     "api.bad-certificate", "meter.command-refused", "meter.uncommanded-opening", "push.unknown-source",
+     "guard.refused", "guard.same-approver", "guard.uncommanded-openings", "field.backfeed"}
 )  # fmt: skip
 ALERT_STATES = ("open", "acknowledged", "closed")
 _KIND = re.compile(r"[a-z]+(\.[a-z0-9-]+)+")
@@ -72,6 +73,13 @@ DEFAULT_BURSTS: Mapping[str, BurstRule] = MappingProxyType(
         "api.denied": BurstRule(10, 300, "actor"),
         "api.lockout": BurstRule(1, 3600, "actor"),
         "api.bad-certificate": BurstRule(5, 300, "fleet"),
+        "meter.command-refused": BurstRule(1, 3600, "meter"),  # a forged, replayed or stale signed command
+        "meter.uncommanded-opening": BurstRule(3, 600, "fleet"),
+        "push.unknown-source": BurstRule(20, 300, "fleet"),  # someone is sending pushes we cannot place
+        "guard.refused": BurstRule(5, 600, "actor"),
+        "guard.same-approver": BurstRule(1, 3600, "actor"),
+        "guard.uncommanded-openings": BurstRule(1, 3600, "fleet"),
+        "field.backfeed": BurstRule(1, 3600, "meter"),
     }
 )
 _rules: dict[str, Mapping[str, BurstRule]] = {"current": DEFAULT_BURSTS}

@@ -110,6 +110,16 @@ def _power_fail(meter: SimulatedMeter, params: Mapping[str, Any]) -> None:
     meter.power_fail(last_gasp=last_gasp_chosen(meter.config.serial, params))
 
 
+@op("push-randomisation")
+def _push_randomisation(meter: SimulatedMeter, params: Mapping[str, Any]) -> None:
+    """Set the Push Setup's randomisation_start_interval: each push waits up to that many seconds, so
+    a storm's notifications spread out as a real network delivers them ({"seconds": 0-65535})."""
+    seconds = params.get("seconds")
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or not 0 <= seconds <= 0xFFFF:
+        raise UnknownOperation("push-randomisation needs whole seconds 0-65535")
+    meter.push_setup.randomisation_start_interval = seconds
+
+
 @op("power-restore")
 def _power_restore(meter: SimulatedMeter, params: Mapping[str, Any]) -> None:
     if restore_chosen(meter.config.serial, params):

@@ -1,0 +1,386 @@
+"""`openami bench storm --meters N`: a feeder-level outage storm, its location and restoration, and commands meanwhile.
+
+The fleet runs in worker processes (one per 5,000 meters), pushing to the platform's listener and
+pinning its command authority; the platform runs in this process with everything
+``start_platform`` starts (push listener and event pipeline, outage engine, command queue, guard,
+prepayment, revenue protection). Steps:
+
+1. baseline: on-demand reads and disconnect/reconnect commands on probe meters of healthy feeders,
+   one after the other for ``--baseline-s`` seconds, to time them on a quiet platform;
+2. storm: every other feeder of the grid (``--fail-share`` of them, never all feeders of a
+   substation) loses power at once; ``--last-gasp-share`` of its meters get a last gasp out (the
+   simulator's deterministic choice per meter), each after a random delay of up to ``--spread-s``
+   seconds (the Push Setup's randomisation: how a network delivers a storm). Meanwhile the same
+   probes run again. Measured: from the first last gasp stored to the moment the top-level open
+   outages are exactly the failed feeders (``located_s``);
+3. restoration: the failed feeders get power back (``--restore-share`` of their meters; the rest
+   stay dark; power-up pushes spread the same way); measured: from the restore to every outage
+   verified (``restoration_verified_s``), and whether the still-dark lists name exactly the meters
+   left out. The probes keep running from the failure until restoration is verified.
+
+Prints ONE JSON object on stdout (times in seconds; p50/p99 of reads and commands, baseline and
+during the storm, and their ratio); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import math
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from rich.console import Console
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQL
+
+from openami import logging as oam_logging  # noqa: E402
+from openami.cli import loop  # noqa: E402
+from openami.db import outages as outage_repo  # noqa: E402
+from openami.db.engine import create_engine  # noqa: E402
+from openami.db.meters import meter_ids_by_serial  # noqa: E402
+from openami.db.migrations import upgrade  # noqa: E402
+from openami.db.tables import meter_events  # noqa: E402
+from openami.domain.meter_events import EventCode  # noqa: E402
+from openami.errors import MeterCommunicationError  # noqa: E402
+from openami.security import command_authority  # noqa: E402
+from openami.security.keystore import master_key_provider  # noqa: E402
+from openami.security.policy import ALL_SCOPES, RequestScope, Role  # noqa: E402
+from openami.services import switch as switch_services  # noqa: E402
+from openami.services.bootstrap import build_platform, reload_targets, start_platform, stop_platform  # noqa: E402
+from openami.services.context import Platform  # noqa: E402
+from openami.services.meters import import_commissioning  # noqa: E402
+from openami.services.pki import ca_files  # noqa: E402
+from openami.services.switch import CommandRequest  # noqa: E402
+from openami.settings import (  # noqa: E402
+    CollectionSettings,
+    GuardSettings,
+    OutageSettings,
+    PushSettings,
+    Settings,
+    SwitchSettings,
+)
+from openami.sim.fleet import MAX_METERS_PER_PROCESS, Fleet, FleetConfig  # noqa: E402
+from openami.sim.runner import FleetHandle, start_fleet_processes  # noqa: E402
+from openami.sim.scenarios import last_gasp_chosen, restore_chosen  # noqa: E402
+
+OPERATOR = RequestScope("bench:operator", frozenset({Role.AMI_OPERATOR}), frozenset({ALL_SCOPES}))
+_API_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _summary(name: str, values: Sequence[float]) -> dict[str, float]:
+    return {f"{name}_p50_s": round(_quantile(values, 0.5), 4), f"{name}_p99_s": round(_quantile(values, 0.99), 4)}
+
+
+class Probes:
+    """On-demand reads and disconnect/reconnect pairs on meters the storm does not touch."""
+
+    def __init__(self, platform: Platform, read_ids: Sequence[int], switch_ids: Sequence[int]) -> None:
+        self.platform = platform
+        self.read_ids = list(read_ids)
+        self.switch_ids = list(switch_ids)
+        self.failures = 0
+
+    async def read(self, meter_id: int, into: list[float]) -> None:
+        started = time.perf_counter()
+        try:
+            await self.platform.collector.read_on_demand(meter_id, hours=1)
+        except MeterCommunicationError:
+            self.failures += 1
+            return
+        into.append(time.perf_counter() - started)
+
+    async def command(self, meter_id: int, command: str, into: list[float]) -> None:
+        started = time.perf_counter()
+        submit = functools.partial(switch_services.submit, self.platform, OPERATOR, CommandRequest(meter_id, command))
+        view = await asyncio.get_running_loop().run_in_executor(_API_THREADS, submit)
+        done = await switch_services.wait_for(self.platform, view.id, 60)
+        if done.status != "confirmed":
+            self.failures += 1
+            return
+        into.append(time.perf_counter() - started)
+
+    async def run(self, reads: list[float], commands: list[float], stop: Callable[[], bool] | None = None) -> None:
+        """One pass over every probe (reads and commands interleaved), or passes until ``stop()``."""
+        while True:
+            for i, meter_id in enumerate(self.read_ids):
+                await self.read(meter_id, reads)
+                if i < len(self.switch_ids):
+                    await self.command(self.switch_ids[i], "disconnect", commands)
+                    await self.command(self.switch_ids[i], "reconnect", commands)
+                if stop is not None and stop():
+                    return
+            if stop is None:
+                return
+
+
+def _by_feeder(fleet: Fleet) -> dict[str, list[int]]:
+    """Fleet indices of each feeder's meters, in one pass (``meters_of`` per feeder is a pass each)."""
+    topology = fleet.topology
+    feeder_of_transformer = {t.id: t.feeder_id for t in topology.transformers}
+    feeder_of_point = {p.id: feeder_of_transformer[p.transformer_id] for p in topology.service_points}
+    grouped: dict[str, list[int]] = {f.id: [] for f in topology.feeders}
+    for i, meter in enumerate(fleet.meters):
+        if meter.service_point_id in feeder_of_point:
+            grouped[feeder_of_point[meter.service_point_id]].append(i)
+    return grouped
+
+
+def _failed_feeders(fleet: Fleet, share: float) -> list[str]:
+    """Every k-th feeder (k from ``share``), but never every feeder of a substation."""
+    step = max(1, round(1 / share))
+    chosen: list[str] = []
+    by_substation: dict[str, list[str]] = {}
+    for feeder in fleet.topology.feeders:
+        by_substation.setdefault(feeder.substation_id, []).append(feeder.id)
+    for feeders in by_substation.values():
+        picked = feeders[::step]
+        chosen += picked[: len(feeders) - 1] if len(feeders) > 1 else []
+    return chosen
+
+
+def _first_gasp(platform: Platform, since: float) -> float | None:
+    with platform.engine.connect() as conn:
+        found = conn.execute(
+            sa.select(sa.func.min(meter_events.c.received_at)).where(
+                meter_events.c.code == int(EventCode.POWER_DOWN), meter_events.c.received_at >= since
+            )
+        ).scalar_one_or_none()
+    return None if found is None else float(found)
+
+
+def _open_feeders(platform: Platform) -> tuple[set[str], int]:
+    with platform.engine.connect() as conn:
+        found = outage_repo.list_outages(conn)
+    live = [o for o in found if str(o.state) == "open" and o.parent_id is None]  # nested ones hang below
+    return {o.device_id for o in live if str(o.device_kind) == "feeder"}, len(live)
+
+
+async def _until(what: str, check: Callable[[], bool], timeout_s: float, console: Console) -> float | None:
+    """Poll ``check`` (in a thread: it reads the database) until true; the time it became so, or None."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if await asyncio.to_thread(check):
+            return time.time()
+        await asyncio.sleep(0.1)
+    console.print(f"[red]timed out waiting for {what}[/]")
+    return None
+
+
+async def _fail_feeders(handle: FleetHandle, meters: Sequence[int], params: dict[str, Any], spread_s: float) -> None:
+    """The feeders' meters lose power together; each last gasp leaves after a random delay of up to
+    ``spread_s`` (the Push Setup's randomisation), as a real network delivers a storm's gasps."""
+    await asyncio.to_thread(handle.control, "push-randomisation", meters, seconds=max(0, round(spread_s)))
+    await asyncio.to_thread(handle.control, "power-fail", meters, **params)
+
+
+async def _storm(
+    platform: Platform, handle: FleetHandle, ids: dict[str, int], args: argparse.Namespace, console: Console,
+    probes: Probes,
+) -> dict[str, Any]:  # fmt: skip
+    fleet = handle.fleet
+    feeders = _failed_feeders(fleet, args.fail_share)
+    grouped = _by_feeder(fleet)
+    failing = sorted(i for f in feeders for i in grouped[f])
+    serials = [m.serial for m in fleet.meters]
+    fail_params = {"last_gasp_share": args.last_gasp_share, "seed": 11}
+    gasps = sum(1 for i in failing if last_gasp_chosen(serials[i], fail_params))
+    console.print(f"storm: {len(feeders)} feeders, {len(failing)} meters, {gasps} last gasps over {args.spread_s} s")
+    reads: list[float] = []
+    commands: list[float] = []
+    located: list[float | None] = []
+    storm_started = time.time()
+
+    def correct() -> bool:
+        open_feeders, live = _open_feeders(platform)
+        return open_feeders == set(feeders) and live == len(feeders)
+
+    async def locate() -> None:
+        located.append(await _until("the outage records", correct, args.timeout_s, console))
+
+    locator = asyncio.create_task(locate())
+    storm_over = asyncio.Event()
+    prober = asyncio.create_task(probes.run(reads, commands, stop=storm_over.is_set))
+    await _fail_feeders(handle, failing, fail_params, args.spread_s)
+    await locator
+    first = _first_gasp(platform, storm_started)
+    with platform.engine.connect() as conn:
+        opened = outage_repo.list_outages(conn)
+    kinds: dict[str, int] = {}
+    for o in opened:
+        nested = "nested" if o.parent_id is not None else "top"
+        key = f"{o.device_kind}:{o.state}:{nested}:{'failed' if o.device_id in set(feeders) else 'other'}"
+        kinds[key] = kinds.get(key, 0) + 1
+    result: dict[str, Any] = {
+        "failed_feeders": len(feeders),
+        "outages_by_kind_state": kinds,
+        "failed_meters": len(failing),
+        "last_gasps_sent": gasps,
+        "located_s": None if located[0] is None or first is None else round(located[0] - first, 2),
+    }
+    restore_params = {"restore_share": args.restore_share, "seed": 12}
+    dark = {ids[serials[i]] for i in failing if not restore_chosen(serials[i], restore_params)}
+    console.print(f"restoration: {len(failing) - len(dark)} meters back, {len(dark)} left dark")
+    await asyncio.to_thread(handle.control, "push-randomisation", failing, seconds=max(0, round(args.spread_s)))
+    restore_started = time.time()
+    await asyncio.to_thread(handle.control, "power-restore", failing, **restore_params)
+
+    def verified() -> bool:
+        with platform.engine.connect() as conn:
+            found = [o for o in outage_repo.list_outages(conn) if o.device_id in set(feeders)]
+        return bool(found) and all(str(o.state) == "restored" for o in found)
+
+    done = await _until("restoration verification", verified, args.timeout_s, console)
+    storm_over.set()
+    await prober
+    result.update({**_summary("read_storm", reads), **_summary("command_storm", commands),
+                   "reads_during_storm": len(reads), "commands_during_storm": len(commands)})  # fmt: skip
+    with platform.engine.connect() as conn:
+        still = {
+            m.meter_id
+            for o in outage_repo.list_outages(conn)
+            for m in outage_repo.affected_meters(conn, o.id, states=("still-dark",))
+        }
+    result.update({
+        "restoration_verified_s": None if done is None else round(done - restore_started, 2),
+        "left_dark": len(dark),
+        "still_dark_listed": len(still),
+        "still_dark_correct": still == dark,
+    })  # fmt: skip
+    return result
+
+
+async def _run(platform: Platform, handle: FleetHandle, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    fleet = handle.fleet
+    with platform.engine.connect() as conn:
+        ids = meter_ids_by_serial(conn, [m.serial for m in fleet.meters])
+    feeders = set(_failed_feeders(fleet, args.fail_share))
+    healthy = sorted(i for f, members in _by_feeder(fleet).items() if f not in feeders for i in members)
+    sample = random.Random(7).sample(healthy, min(len(healthy), 2 * args.probes))
+    read_ids = [ids[fleet.meters[i].serial] for i in sample[: args.probes]]
+    switch_ids = [ids[fleet.meters[i].serial] for i in sample[args.probes : args.probes + args.probes // 4]]
+    probes = Probes(platform, read_ids, switch_ids)
+    console.print(f"baseline: {len(read_ids)} on-demand reads and {2 * len(switch_ids)} commands")
+    reads: list[float] = []
+    commands: list[float] = []
+    ends = time.perf_counter() + args.baseline_s
+    await probes.run(reads, commands, stop=lambda: time.perf_counter() > ends)
+    result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands)}
+    result.update(await _storm(platform, handle, ids, args, console, probes))
+    for kind in ("read", "command"):
+        base, storm = result[f"{kind}_baseline_p99_s"], result[f"{kind}_storm_p99_s"]
+        result[f"{kind}_p99_ratio"] = round(storm / base, 2) if base and not math.isnan(storm) else None
+    result["probe_failures"] = probes.failures
+    if platform.events is not None:
+        stats = platform.events.stats
+        result.update({"events_received": stats.received, "events_stored": stats.stored,
+                       "events_duplicates": stats.duplicates, "events_rejected": stats.rejected})  # fmt: skip
+    return result
+
+
+def _settings(tmp: Path, url: str) -> Settings:
+    unlimited = 10_000_000  # the guard's rate limits would (rightly) stop a bench's disconnects
+    return Settings(
+        data_dir=tmp,
+        database_url=url,
+        collection=CollectionSettings(catch_up_days=1, retries=0, timeout_s=5),
+        switch=SwitchSettings(poll_s=0.2),
+        guard=GuardSettings(max_disconnects_fleet=unlimited, max_disconnects_area=unlimited),
+        push=PushSettings(port=0),
+        outages=OutageSettings(),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="openami bench storm", description=__doc__.splitlines()[0])
+    parser.add_argument("--meters", type=int, default=100_000)
+    parser.add_argument("--fail-share", type=float, default=0.5, help="share of the feeders that fail")
+    parser.add_argument("--last-gasp-share", type=float, default=0.3, help="share of failing meters whose gasp arrives")
+    parser.add_argument("--spread-s", type=float, default=5.0, help="seconds over which the meters go dark")
+    parser.add_argument("--restore-share", type=float, default=0.99, help="share of failed meters that come back")
+    parser.add_argument("--probes", type=int, default=40, help="meters for on-demand reads (a quarter: commands)")
+    parser.add_argument("--baseline-s", type=float, default=10.0, help="seconds of probes before the storm")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="give up waiting for a stage after this")
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    oam_logging.configure(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="openami-bench-storm-") as tmp_name:
+        tmp = Path(tmp_name)
+        cluster = None
+        url = f"sqlite:///{tmp}/bench.sqlite3"
+        if args.db == "postgres":
+            from tests.pg import PostgresCluster  # noqa: PLC0415
+
+            cluster = PostgresCluster.start(durable=True)
+            url = cluster.url("postgres")
+        settings = _settings(tmp, url)
+        engine = create_engine(url)
+        upgrade(engine)
+        with engine.begin() as conn:
+            authority = command_authority.load_or_create(
+                conn, master_key_provider(settings), ca_files(settings), now=datetime.now(UTC)
+            )
+        platform = build_platform(settings, engine=engine)
+        loop.tune_gc()
+
+        async def run() -> dict[str, Any]:
+            await start_platform(platform)
+            handle: FleetHandle | None = None
+            try:
+                assert platform.push_listener is not None
+                host, port = platform.push_listener.address
+                config = FleetConfig(meters=args.meters, seed=5, flaky_fraction=0.0, drift_fraction=0.0, days=1, port=0,
+                                     authority_certificate_pem=authority.certificate_pem, push_host=host,
+                                     push_port=port)  # fmt: skip
+                processes = math.ceil(args.meters / MAX_METERS_PER_PROCESS)
+                console.print(f"starting {args.meters:,} simulated meters in {processes} processes...")
+                started = time.perf_counter()
+                handle = await asyncio.to_thread(
+                    start_fleet_processes, config, processes=processes, commissioning_path=tmp / "c.json"
+                )
+                document = json.loads((tmp / "c.json").read_text(encoding="utf-8"))
+                await asyncio.to_thread(
+                    import_commissioning, engine, platform.keystore, document, now=datetime.now(UTC)
+                )
+                reload_targets(platform)
+                if platform.outages is not None:
+                    platform.outages.reload_grid()
+                console.print(f"fleet up and imported in {time.perf_counter() - started:.0f} s")
+                return {"meters": args.meters, "db": args.db, **await _run(platform, handle, args, console)}
+            finally:
+                await stop_platform(platform)
+                if handle is not None:
+                    with contextlib.suppress(Exception):
+                        handle.stop()
+
+        result = loop.run(run())
+        if cluster is not None:
+            cluster.stop()
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
