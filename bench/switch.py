@@ -1,7 +1,7 @@
 """`openami bench switch --meters N`: signed disconnect/reconnect commands issued during a collection.
 
 The fleet (pinning the command authority's certificate) runs in worker processes, the platform in
-this one. The meters are split in two halves of N/2: the first half is collected alone (the
+this one. The fleet holds 2N meters in two halves of N: the first half is collected alone (the
 baseline), the second half is collected while --commands commands run on meters of that same half
 (half disconnects, each followed by its meter's reconnect once confirmed), issued evenly over about
 the baseline's duration. Each command goes the whole way: submit (policy, guard, counter, signature,
@@ -10,7 +10,8 @@ register read after a disconnect). End-to-end latency is from submit to the conf
 
 Prints ONE JSON object on stdout: p50_s, p99_s, success_rate, meters_per_s_baseline,
 meters_per_s_with_commands, rate_drop_pct, peak_rss_mb (this process), the run's sizes and where a
-command's time went (submit, queued, meter, notify: p50 and p99 each); progress goes to stderr.
+command's time went (submit, queued, meter, notify: p50 and p99 each), and idle_p50_s/idle_p99_s: 20
+commands one at a time before any collection; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQ
 from openami.cli import loop  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
+from openami.errors import OpenAmiError  # noqa: E402
 from openami.security import command_authority  # noqa: E402
 from openami.security.keystore import master_key_provider  # noqa: E402
 from openami.security.policy import ALL_SCOPES, RequestScope, Role  # noqa: E402
@@ -72,6 +74,7 @@ async def _collect(platform: Platform, ids: list[int]) -> tuple[float, int]:
 
 Stages = dict[str, list[float]]
 _API_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
+console_err = Console(stderr=True)
 
 
 async def _command(platform: Platform, request: CommandRequest, timeout_s: float, stages: Stages) -> float | None:
@@ -83,7 +86,11 @@ async def _command(platform: Platform, request: CommandRequest, timeout_s: float
     started = time.perf_counter()
     # on threads of their own, as the API's requests run on the server's threads, not the collector's
     submit = functools.partial(switch_services.submit, platform, OPERATOR, request)
-    view = await asyncio.get_running_loop().run_in_executor(_API_THREADS, submit)
+    try:
+        view = await asyncio.get_running_loop().run_in_executor(_API_THREADS, submit)
+    except OpenAmiError as exc:  # e.g. the meter's previous command is still in flight: counted as failed
+        console_err.print(f"submit refused: {exc.code}")
+        return None
     submitted = time.perf_counter()
     done = await switch_services.wait_for(platform, view.id, timeout_s)
     total = time.perf_counter() - started
@@ -117,6 +124,10 @@ async def _run(platform: Platform, commands: int, console: Console) -> dict[str,
     half = len(ids) // 2
     baseline_ids, busy_ids = ids[:half], ids[half:]
     switch_services.start_queue(platform)
+    idle_stages: Stages = {"submit": [], "queued": [], "meter": [], "notify": []}
+    idle = [await _command(platform, CommandRequest(m, c, reason="bench"), 30, idle_stages)
+            for m in busy_ids[-10:] for c in ("disconnect", "reconnect")]  # fmt: skip
+    idle_confirmed = [x for x in idle if x is not None]
     console.print(f"baseline: collecting {len(baseline_ids)} meters without commands...")
     baseline_started = time.perf_counter()
     baseline_rate, _ = await _collect(platform, baseline_ids)
@@ -138,7 +149,8 @@ async def _run(platform: Platform, commands: int, console: Console) -> dict[str,
     await asyncio.gather(*workers, probe)
     confirmed = [x for x in latencies if x is not None]
     return {
-        "meters": len(ids),
+        "meters_per_collection": half,
+        "fleet_meters": len(ids),
         "commands": len(latencies),
         "p50_s": round(_quantile(confirmed, 0.5), 4),
         "p99_s": round(_quantile(confirmed, 0.99), 4),
@@ -146,6 +158,8 @@ async def _run(platform: Platform, commands: int, console: Console) -> dict[str,
         "meters_per_s_baseline": round(baseline_rate, 1),
         "meters_per_s_with_commands": round(busy_rate, 1),
         "rate_drop_pct": round(100 * (1 - busy_rate / baseline_rate), 1) if baseline_rate else float("nan"),
+        "idle_p50_s": round(_quantile(idle_confirmed, 0.5), 4),  # one command at a time, no collection
+        "idle_p99_s": round(_quantile(idle_confirmed, 0.99), 4),
         "loop_lag_p50_s": round(_quantile(lags, 0.5), 4),
         "loop_lag_p99_s": round(_quantile(lags, 0.99), 4),
         **{f"{name}_p50_s": round(_quantile(values, 0.5), 4) for name, values in stages.items()},
@@ -155,7 +169,9 @@ async def _run(platform: Platform, commands: int, console: Console) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="openami bench switch", description=__doc__.splitlines()[0])
-    parser.add_argument("--meters", type=int, default=10_000, help="fleet size (two halves of N/2)")
+    parser.add_argument(
+        "--meters", type=int, default=10_000, help="meters per collection (the fleet holds two halves of N)"
+    )
     parser.add_argument("--commands", type=int, default=1000, help="disconnects + reconnects")
     parser.add_argument("--concurrency", type=int, default=200, help="collection concurrency")
     parser.add_argument("--sim-processes", type=int, default=None, help="simulator worker processes")
@@ -187,7 +203,7 @@ def main() -> None:
                 conn, master_key_provider(settings), ca_files(settings), now=datetime.now(UTC)
             )
         console.print(f"starting {args.meters} simulated meters...")
-        config = FleetConfig(meters=args.meters, seed=3, flaky_fraction=0.0, drift_fraction=0.0, days=2,
+        config = FleetConfig(meters=2 * args.meters, seed=3, flaky_fraction=0.0, drift_fraction=0.0, days=2,
                              authority_certificate_pem=authority.certificate_pem)  # fmt: skip
         fleet = start_fleet_processes(config, processes=args.sim_processes, commissioning_path=Path(tmp) / "c.json")
         try:

@@ -150,17 +150,20 @@ class CounterStore:
                 op.future.set_result(None)
 
     def _apply(self, ops: list[_Op]) -> list[tuple[int, int | None] | None]:
-        """One transaction: every record in one executemany (order does not matter: counters only move
-        forward), then the reservations."""
+        """One transaction: every record in one executemany (counters only move forward), then the
+        reservations. Rows are locked in meter order, as a collection's bulk reservation locks them,
+        so two such transactions can never deadlock on PostgreSQL."""
         now = self._now()
-        records = [
+        records = sorted(
             (op.meter_id, op.client_ic_next, op.server_ic_last, op.key_version) for op in ops if isinstance(op, _Record)
-        ]
+        )
+        results: list[tuple[int, int | None] | None] = [None] * len(ops)
         with self._engine.begin() as conn:
             counter_repo.advance_many(conn, records, now=now)
-            return [
-                _reserve(conn, op.meter_id, op.key_version, now) if isinstance(op, _Reserve) else None for op in ops
-            ]
+            reserves = sorted((op.meter_id, i) for i, op in enumerate(ops) if isinstance(op, _Reserve))
+            for meter_id, i in reserves:
+                results[i] = _reserve(conn, meter_id, ops[i].key_version, now)
+        return results
 
 
 def _reserve(conn: Connection, meter_id: int, key_version: int | None, now: datetime) -> tuple[int, int | None]:
