@@ -172,7 +172,7 @@ def _first_gasp(platform: Platform, since: float) -> float | None:
 
 def _open_feeders(platform: Platform) -> tuple[set[str], int]:
     with platform.engine.connect() as conn:
-        found = outage_repo.list_outages(conn)
+        found = outage_repo.list_outages(conn, limit=1_000_000)
     live = [o for o in found if str(o.state) == "open" and o.parent_id is None]  # nested ones hang below
     return {o.device_id for o in live if str(o.device_kind) == "feeder"}, len(live)
 
@@ -226,7 +226,7 @@ async def _storm(
     await locator
     first = _first_gasp(platform, storm_started)
     with platform.engine.connect() as conn:
-        opened = outage_repo.list_outages(conn)
+        opened = outage_repo.list_outages(conn, limit=1_000_000)
     kinds: dict[str, int] = {}
     for o in opened:
         nested = "nested" if o.parent_id is not None else "top"
@@ -248,7 +248,7 @@ async def _storm(
 
     def verified() -> bool:
         with platform.engine.connect() as conn:
-            found = [o for o in outage_repo.list_outages(conn) if o.device_id in set(feeders)]
+            found = [o for o in outage_repo.list_outages(conn, limit=1_000_000) if o.device_id in set(feeders)]
         return bool(found) and all(str(o.state) == "restored" for o in found)
 
     done = await _until("restoration verification", verified, args.timeout_s, console)
@@ -259,7 +259,7 @@ async def _storm(
     with platform.engine.connect() as conn:
         still = {
             m.meter_id
-            for o in outage_repo.list_outages(conn)
+            for o in outage_repo.list_outages(conn, limit=1_000_000)
             for m in outage_repo.affected_meters(conn, o.id, states=("still-dark",))
         }
     result.update({

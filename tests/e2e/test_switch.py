@@ -193,6 +193,19 @@ async def test_disconnect_reconnect_limit_and_state_are_signed_confirmed_and_aud
         statuses = [json.loads(row[2])["status"] if isinstance(row[2], str) else row[2]["status"]
                     for row in audited if row[0] == "switch.status"]  # fmt: skip
         assert statuses == ["sent", "confirmed", "sent", "confirmed"]
+
+        # a command overtaken by a later one for the same meter is signed again with a fresh counter
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        later_limit = switch_services.submit(
+            platform, OPERATOR, CommandRequest(b, "limit", limit=LimitParameters(9_000, 30), execute_at=soon)
+        )
+        overtaking = await _run(platform, CommandRequest(b, "reconnect"))
+        assert overtaking.status == "confirmed"
+        assert overtaking.counter > later_limit.counter
+        resigned = await switch_services.wait_for(platform, later_limit.id, WAIT_S)
+        assert resigned.status == "confirmed", resigned.failure_reason
+        assert resigned.counter > overtaking.counter
+        assert any(row[0] == "switch.resign" for row in _audited(engine, b))
     finally:
         await stop_platform(platform)
 
@@ -339,8 +352,8 @@ async def test_bad_requests_are_clear_problems_and_nothing_is_half_written(
                 invalid = api.post(f"/v1/meters/{meter}/limit", headers=headers, json=body)
                 assert invalid.status_code == 422
                 assert invalid.headers["content-type"].startswith("application/problem+json")
-            body = {"threshold_w": 5000, "duration_s": 60, "execute_at": "2020-01-01T00:00:00Z"}
-            past = api.post(f"/v1/meters/{meter}/limit", headers=headers, json=body)
+            in_the_past = {"threshold_w": 5000, "duration_s": 60, "execute_at": "2020-01-01T00:00:00Z"}
+            past = api.post(f"/v1/meters/{meter}/limit", headers=headers, json=in_the_past)
             assert past.status_code == 422
             assert "past" in past.json()["detail"]
 

@@ -24,8 +24,8 @@ from openami.services.revenue_engine import RevenueMonitor
 from openami.settings import Settings
 
 if TYPE_CHECKING:
-    from openami.services.switch import CommandQueue
     from openami.services.switch_guard import UncommandedOpeningDetector
+    from openami.services.switch_queue import CommandQueue
 
 __all__ = ["ALL_SCOPES", "Platform", "RequestScope", "Role"]
 

@@ -1,0 +1,361 @@
+"""The switch command queue: takes due commands to the meters and records what they answered (docs/switch.md).
+
+One ``CommandQueue`` per platform process (``Platform.commands``, started by ``services.switch.start_queue``).
+Each look at the queue claims due commands (queued → sent) in one transaction, highest priority first,
+one per meter, in counter order per meter; each goes through ``headend.commands.CommandExecutor`` (its
+own slots: commands never wait behind a collection run); outcomes that arrive together are recorded
+in one transaction. A meter that does not answer is tried again with backoff until the command's
+validity ends; then it expires with the reason. Every status change is audited in the transaction
+that makes it and published on ``bus.topics.COMMANDS_CHANGED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from openami.bus.topics import COMMANDS_CHANGED
+from openami.db import commands as repo
+from openami.db.commands import CommandRow
+from openami.db.tables import meters
+from openami.domain.commands import FINAL_STATUSES, CommandChanged
+from openami.errors import MeterCommunicationError, NotFound
+from openami.headend.commands import CommandExecutor, CommandOutcome
+from openami.protocols.dlms.signed_command import Confirmation, Envelope, LimitParameters, Refusal, SignedCommand
+from openami.security import audit
+from openami.security import command_authority as authority_core
+from openami.services.context import Platform
+from openami.services.switch import (
+    _CLOCK_SKEW,
+    _SIGNED,
+    _SYSTEM,
+    _WAITING,
+    CommandView,
+    _move,
+    _view,
+    ensure_authority,
+)
+
+__all__ = ["CommandQueue"]
+
+_log = structlog.get_logger("openami.services")
+_T = TypeVar("_T")
+
+
+_COALESCE_S = 0.02
+_Step = Callable[..., CommandView]  # an outcome's recording step: (queue, conn, row, *args, now=) -> view
+
+
+class CommandQueue:
+    """Sends due commands to the meters and records what they answered (one per platform process)."""
+
+    def __init__(self, platform: Platform) -> None:
+        self._platform = platform
+        self._settings = platform.settings.switch
+        self.executor = CommandExecutor(platform.collector, slots=self._settings.slots, now=platform.now)
+        self._wake = asyncio.Event()
+        self._final: dict[int, asyncio.Event] = {}  # command id -> its waiters' event
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="switch-db")
+        self._outcomes: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._busy: set[int] = set()  # meters with a command on its way
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_recovery = 0.0  # loop time of the next look for commands left "sent" by a stopped process
+        self._next_expiry = 0.0  # loop time of the next look for commands whose validity ended
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._runner = self._loop.create_task(self._run(), name="switch.queue")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._runner, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pool.shutdown(wait=True)
+
+    def submitted(self, views: Sequence[CommandView]) -> None:
+        """New or cancelled commands (from any thread): publish them and look at the queue now."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def notify() -> None:
+            for view in views:
+                self._publish(_changed(view, view.created_at if view.status != "cancelled" else view.updated_at))
+            self._wake.set()
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            notify()
+        else:
+            loop.call_soon_threadsafe(notify)
+
+    async def db(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking database call on the queue's own threads: commands never wait in the default
+        pool behind collection and ingest work (docs/switch.md, "The queue")."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args))
+
+    def final_event(self, command_id: int) -> asyncio.Event:
+        """Set once this process records a final status of the command (``wait_for``)."""
+        event = self._final.get(command_id)
+        if event is None:
+            event = self._final[command_id] = asyncio.Event()
+        return event
+
+    def _publish(self, message: CommandChanged) -> None:
+        task = asyncio.get_running_loop().create_task(self._platform.bus.publish(COMMANDS_CHANGED, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if message.status in FINAL_STATUSES:
+            waiting = self._final.pop(message.command_id, None)
+            if waiting is not None:
+                waiting.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception as exc:  # noqa: BLE001 - the worker must survive a database hiccup
+                _log.error("switch.queue.error", error=type(exc).__name__, detail=str(exc)[:200])
+            await asyncio.sleep(_COALESCE_S)  # wake-ups coming together make one claim, not one each
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.poll_s)
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._next_recovery:
+            self._next_recovery = loop.time() + self._settings.stale_sent_s / 4
+            await self.db(self._recover_stale)
+        if loop.time() >= self._next_expiry:
+            self._next_expiry = loop.time() + self._settings.poll_s
+            for view in await self.db(self._expire_overdue):
+                self._publish(_changed(view, view.updated_at))
+        free = self._settings.slots * 8 - len(self._busy)  # claimed ahead: sessions wait for a slot, not a claim
+        if free <= 0:
+            return
+        for row in await self.db(self._claim, free, frozenset(self._busy)):
+            self._busy.add(row.meter_id)
+            self._publish(_changed(_view(row), row.updated_at))
+            task = asyncio.get_running_loop().create_task(self._send(row), name=f"switch.command.{row.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _claim(self, limit: int, busy: frozenset[int]) -> list[CommandRow]:
+        """Move up to ``limit`` due commands queued → sent in ONE transaction (one write, however many):
+        highest priority first, one per meter not already busy, in counter order per meter."""
+        now = self._platform.now()
+        claimed: list[CommandRow] = []
+        taken = set(busy)
+        with self._platform.engine.begin() as conn:
+            picked = []
+            for row in repo.due_commands(conn, now=now, limit=limit + len(busy)):
+                if row.meter_id not in taken:  # one command at a time per meter
+                    taken.add(row.meter_id)
+                    picked.append(row)
+            picked = picked[:limit]
+            # Locks in the order submit takes them: the authority's counter row before the audit chain's
+            # head (every _move appends to it), or a claim and a submission could deadlock on PostgreSQL.
+            fresh = {row.id: authority_core.take_counter(conn) for row in picked if _overtaken(conn, row)}
+            for row in picked:
+                sending = self._mark_sent(conn, row, fresh.get(row.id), now)
+                if sending is not None:
+                    claimed.append(sending)
+        return claimed
+
+    def _expire_overdue(self) -> list[CommandView]:
+        now = self._platform.now()
+        expired = []
+        with self._platform.engine.begin() as conn:
+            for row in repo.overdue_commands(conn, now=now):
+                why = "its validity ended before it could be sent"
+                if row.attempts and row.failure_reason:  # tried: the meter never answered
+                    why = f"the meter did not answer before the command expired ({row.failure_reason})"
+                if _move(conn, row, _WAITING, "expired", {"failure_reason": why[:255]}, actor=_SYSTEM, now=now):
+                    expired.append(_view(repo.get_command(conn, row.id)))
+        return expired
+
+    async def _send(self, sending: CommandRow) -> None:
+        """Carry one claimed (sent) command to its meter and record the outcome."""
+        row = sending
+        try:
+            try:
+                outcome = await self.executor.execute(
+                    row.meter_id, _signed(row), final_read=row.command == "disconnect"
+                )
+            except NotFound as exc:
+                view = await self._record(CommandQueue._finish_failed, row, exc.message, None)
+            except MeterCommunicationError as exc:
+                view = await self._record(CommandQueue._retry_later, row, f"{exc.step}: {exc.message}")
+            except DBAPIError as exc:  # e.g. a deadlock victim reserving counters: nothing half-done, try again
+                why = f"database: {type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__}"
+                view = await self._record(CommandQueue._retry_later, row, why)
+            else:
+                if outcome.refusal is Refusal.REPLAYED and row.attempts > 1:
+                    outcome = await self._executed_earlier(row, outcome)
+                view = await self._record(CommandQueue._settle, row, outcome)
+            self._publish(_changed(view, view.updated_at))
+        except Exception as exc:  # noqa: BLE001 - left "sent": recovered after switch.stale_sent_s
+            _log.error("switch.command.error", command_id=row.id, error=type(exc).__name__, detail=str(exc)[:300])
+        finally:
+            self._busy.discard(row.meter_id)
+            self._wake.set()
+
+    async def _executed_earlier(self, row: CommandRow, refused: CommandOutcome) -> CommandOutcome:
+        """A retried command refused as replayed: did an earlier attempt, whose answer was lost, execute it?
+
+        Counters are unique per command, so the meter's last accepted counter being this command's
+        means it acted on it: confirm from its state now. Otherwise the refusal stands.
+        """
+        try:
+            state = await self.executor.read_state(row.meter_id)
+        except MeterCommunicationError:
+            return refused
+        if state.last_counter != row.counter or state.output_state is None or state.control_state is None:
+            return refused
+        confirmation = Confirmation(
+            output_state=state.output_state, control_state=state.control_state, voltage_v=state.voltage_v or 0.0,
+            current_a=state.current_a or 0.0, load_side_voltage_v=state.load_side_voltage_v or 0.0,
+            active_threshold_w=None if state.active_threshold_w is None else int(state.active_threshold_w),
+        )  # fmt: skip
+        return CommandOutcome(confirmation, detail="confirmed from the meter's state: an earlier answer was lost")
+
+    def _recover_stale(self) -> None:
+        """Commands left "sent" by a process that stopped mid-session: queued again (a meter that did
+        execute one refuses the resend as replayed, and ``_executed_earlier`` then confirms it)."""
+        now = self._platform.now()
+        before = now - timedelta(seconds=self._settings.stale_sent_s)
+        with self._platform.engine.begin() as conn:
+            for row in repo.stale_sent_commands(conn, before=before):
+                why = "interrupted while sent (outcome unknown): sent again"
+                _move(conn, row, ("sent",), "queued", {"failure_reason": why, "next_attempt_at": now},
+                      actor=_SYSTEM, now=now)  # fmt: skip
+
+    def _mark_sent(self, conn: Connection, row: CommandRow, counter: int | None, now: datetime) -> CommandRow | None:
+        """queued → sent (attempt counted), in ``conn``; re-signed with the fresh ``counter`` when one was
+        taken for it (a later command overtook it: the meter would refuse its own as replayed)."""
+        values: dict[str, Any] = {"attempts": row.attempts + 1}
+        if counter is not None:
+            values |= _resign(conn, self._platform, row, counter, now)
+        if not _move(conn, row, ("queued",), "sent", values, actor=_SYSTEM, now=now):
+            return None  # taken by another process meanwhile
+        return repo.get_command(conn, row.id)
+
+    async def _record(self, step: _Step, row: CommandRow, *args: Any) -> CommandView:
+        """Record an outcome; outcomes that arrive together are written in ONE transaction (group commit):
+        every audited write waits for the audit chain's head, so fewer transactions mean less waiting."""
+        future: asyncio.Future[CommandView] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((step, row, args, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_outcomes(), name="switch.outcomes")
+            self._tasks.add(self._writer)
+            self._writer.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _write_outcomes(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                views = await self.db(self._apply, batch)
+            except Exception as exc:  # noqa: BLE001 - each waiter gets the error; the commands stay "sent"
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), view in zip(batch, views, strict=True):
+                if not future.done():
+                    future.set_result(view)
+
+    def _apply(self, batch: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]]
+               ) -> list[CommandView]:  # fmt: skip
+        now = self._platform.now()
+        with self._platform.engine.begin() as conn:
+            return [step(self, conn, row, *args, now=now) for step, row, args, _ in batch]
+
+    def _retry_later(self, conn: Connection, row: CommandRow, error: str, *, now: datetime) -> CommandView:
+        """The meter did not answer: queued again after a backoff, or expired when that is past its validity."""
+        backoff = min(self._settings.max_backoff_s, self._settings.retry_backoff_s * 2 ** max(0, row.attempts - 1))
+        retry_at = now + timedelta(seconds=backoff)
+        if retry_at > row.not_after:
+            why = f"the meter did not answer before the command expired ({error})"[:255]
+            _move(conn, row, ("sent",), "expired", {"failure_reason": why}, actor=_SYSTEM, now=now)
+        else:
+            _move(conn, row, ("sent",), "queued", {"failure_reason": error[:255], "next_attempt_at": retry_at},
+                  actor=_SYSTEM, now=now)  # fmt: skip
+        return _view(repo.get_command(conn, row.id))
+
+    def _finish_failed(
+        self, conn: Connection, row: CommandRow, why: str, refusal: str | None, *, now: datetime
+    ) -> CommandView:
+        values: dict[str, Any] = {"failure_reason": why[:255]}
+        if refusal is not None:
+            values["refusal"] = refusal
+        _move(conn, row, ("sent",), "failed", values, actor=_SYSTEM, now=now)
+        return _view(repo.get_command(conn, row.id))
+
+    def _settle(self, conn: Connection, row: CommandRow, outcome: CommandOutcome, *, now: datetime) -> CommandView:
+        if outcome.confirmation is None:
+            refusal = outcome.refusal.name.lower().replace("_", "-") if outcome.refusal is not None else "unknown"
+            why = f"refused by the meter: {refusal}" + (f" ({outcome.detail})" if outcome.detail else "")
+            return self._finish_failed(conn, row, why, refusal, now=now)
+        c = outcome.confirmation
+        values: dict[str, Any] = {
+            "output_state": c.output_state, "control_state": c.control_state, "voltage_v": c.voltage_v,
+            "current_a": c.current_a, "load_side_voltage_v": c.load_side_voltage_v,
+            "active_threshold_w": c.active_threshold_w, "failure_reason": None,
+        }  # fmt: skip
+        if outcome.final_read is not None:
+            f = outcome.final_read
+            values |= {"final_import_wh": f.import_wh, "final_export_wh": f.export_wh, "final_read_at": f.read_at}
+        _move(conn, row, ("sent",), "confirmed", values, actor=_SYSTEM, now=now)
+        return _view(repo.get_command(conn, row.id))
+
+
+def _overtaken(conn: Connection, row: CommandRow) -> bool:
+    """True when the meter was already sent a higher counter than this command's."""
+    highest = repo.highest_sent_counter(conn, row.meter_id)
+    return highest is not None and highest > row.counter
+
+
+def _resign(conn: Connection, platform: Platform, row: CommandRow, counter: int, now: datetime) -> dict[str, Any]:
+    """A fresh signature under ``counter`` for an unsent command: same meter, command, parameters, window."""
+    authority = ensure_authority(platform)
+    limit = (
+        None if row.threshold_w is None else LimitParameters(row.threshold_w, row.duration_s or 0, bool(row.emergency))
+    )
+    title = conn.execute(sa.select(meters.c.system_title).where(meters.c.id == row.meter_id)).scalar_one()
+    envelope = Envelope(bytes(title), _SIGNED[row.command], counter, row.execute_at - _CLOCK_SKEW, row.not_after, limit)
+    signed = authority.sign(envelope)
+    details: dict[str, str | int | float | bool | None] = {"command_id": row.id, "previous_counter": row.counter,
+                                                           "counter": counter}  # fmt: skip
+    audit.record(conn, audit.AuditEntry(_SYSTEM, "switch.resign", "ok", resource=f"meter:{row.meter_id}",
+                                        details=details), now=now)  # fmt: skip
+    return {"counter": counter, "envelope": signed.envelope, "signature": signed.signature}
+
+
+def _signed(row: CommandRow) -> SignedCommand:
+    return SignedCommand(row.envelope, row.signature)
+
+
+def _changed(view: CommandView, at: datetime) -> CommandChanged:
+    return CommandChanged(
+        command_id=view.id, meter_id=view.meter_id, command=view.command, status=view.status, changed_at=at,
+        workflow=view.workflow, batch_id=view.batch_id, output_state=view.output_state,
+        failure_reason=view.failure_reason,
+    )  # fmt: skip
