@@ -297,12 +297,21 @@ class _PoweredSession(ServerSession):
         return super().receive_data(data)
 
 
+PUSH_RETRIES = 3
+PUSH_REPETITION_DELAY_S = 2
+
+
 def _push_setup(config: MeterConfig) -> PushSetup:
+    """Pushes to the configured destination; a notification that cannot be delivered is tried
+    ``PUSH_RETRIES`` more times, ``PUSH_REPETITION_DELAY_S`` apart, as a real meter's Push Setup is
+    configured (a last gasp still gets one try: the meter has no energy for more)."""
     destination = f"{config.push_host}:{config.push_port}".encode() if config.push_host else b""
     return PushSetup(
         obis.PUSH_SETUP,
         push_objects=[CaptureObject(40, obis.PUSH_SETUP, 1), CaptureObject(7, obis.EVENT_LOG, 2)],
         destination=destination,
+        number_of_retries=PUSH_RETRIES,
+        repetition_delay=PUSH_REPETITION_DELAY_S,
     )
 
 
