@@ -287,9 +287,7 @@ def load_key_sets(
     """:func:`load_key_set` for many meters with a few queries: ({meter: key set}, {meter: why not})."""
     active, failed = keystore.load_active_keys(conn, provider, meter_ids)
     uncertain = {
-        r.meter_id: r
-        for r in open_rotations(conn, meter_ids=list(active))
-        if r.state is RotationState.UNCERTAIN
+        r.meter_id: r for r in open_rotations(conn, meter_ids=list(active)) if r.state is RotationState.UNCERTAIN
     }
     sets: dict[int, KeySet] = {}
     for meter_id, (keys, version) in active.items():
