@@ -56,7 +56,7 @@ from openami.db.meters import meter_ids_by_serial  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
 from openami.db.tables import meter_events  # noqa: E402
 from openami.domain.meter_events import EventCode  # noqa: E402
-from openami.errors import MeterCommunicationError  # noqa: E402
+from openami.errors import MeterCommunicationError, OpenAmiError  # noqa: E402
 from openami.security import command_authority  # noqa: E402
 from openami.security.keystore import master_key_provider  # noqa: E402
 from openami.security.policy import ALL_SCOPES, RequestScope, Role  # noqa: E402
@@ -113,9 +113,14 @@ class Probes:
 
     async def command(self, meter_id: int, command: str, into: list[float]) -> None:
         started = time.perf_counter()
-        submit = functools.partial(switch_services.submit, self.platform, OPERATOR, CommandRequest(meter_id, command))
-        view = await asyncio.get_running_loop().run_in_executor(_API_THREADS, submit)
-        done = await switch_services.wait_for(self.platform, view.id, 60)
+        request = CommandRequest(meter_id, command, valid_for_s=60)
+        submit = functools.partial(switch_services.submit, self.platform, OPERATOR, request)
+        try:
+            view = await asyncio.get_running_loop().run_in_executor(_API_THREADS, submit)
+        except OpenAmiError:  # e.g. the previous command of this meter is still in flight
+            self.failures += 1
+            return
+        done = await switch_services.wait_for(self.platform, view.id, 90)
         if done.status != "confirmed":
             self.failures += 1
             return
