@@ -202,7 +202,7 @@ def main() -> None:
             authority = command_authority.load_or_create(
                 conn, master_key_provider(settings), ca_files(settings), now=datetime.now(UTC)
             )
-        console.print(f"starting {args.meters} simulated meters...")
+        console.print(f"starting {2 * args.meters} simulated meters...")
         config = FleetConfig(meters=2 * args.meters, seed=3, flaky_fraction=0.0, drift_fraction=0.0, days=2,
                              authority_certificate_pem=authority.certificate_pem)  # fmt: skip
         fleet = start_fleet_processes(config, processes=args.sim_processes, commissioning_path=Path(tmp) / "c.json")
