@@ -174,6 +174,7 @@ def main() -> None:
     )
     parser.add_argument("--commands", type=int, default=1000, help="disconnects + reconnects")
     parser.add_argument("--concurrency", type=int, default=200, help="collection concurrency")
+    parser.add_argument("--command-slots", type=int, default=SwitchSettings().slots, help="command sessions at once")
     parser.add_argument("--sim-processes", type=int, default=None, help="simulator worker processes")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="platform event loop")
@@ -192,7 +193,7 @@ def main() -> None:
             data_dir=Path(tmp),
             database_url=url,
             collection=CollectionSettings(concurrency=args.concurrency, catch_up_days=1, retries=1, timeout_s=10),
-            switch=SwitchSettings(poll_s=0.2),
+            switch=SwitchSettings(poll_s=0.2, slots=args.command_slots),
             guard=GuardSettings(max_disconnects_fleet=unlimited, max_disconnects_area=unlimited),
             push=PushSettings(enabled=False),
         )

@@ -191,7 +191,7 @@ class SwitchSettings(BaseModel):
     """
 
     enabled: bool = True
-    slots: int = Field(default=16, ge=1, le=1024)
+    slots: int = Field(default=64, ge=1, le=1024)  # bench switch: p99 30 s with 16, 10.8 s with 64
     poll_s: float = Field(default=0.5, gt=0.0, le=60.0)
     retry_backoff_s: float = Field(default=5.0, gt=0.0, le=3600.0)
     max_backoff_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
