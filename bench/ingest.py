@@ -3,9 +3,10 @@
 Generates N synthetic interval values (daily reads of 96 intervals x 2 channels over many meters,
 with a few gaps, spikes and faulty clocks; see _ingest_data.py) and feeds them, batch by batch,
 through the MDM's ``Ingestor`` (VEE, then one storage transaction per batch) into a fresh SQLite
-file and/or PostgreSQL. ``--path sync`` (default) calls ``Ingestor.ingest`` batch after batch;
-``--path bus`` publishes the reads on the in-process bus to the ingest consumer, as the platform
-runs (VEE of the next batch overlaps the write of the previous one). Without ``--url`` PostgreSQL is
+file and/or PostgreSQL. ``--path bus`` (default) publishes the reads on the in-process bus to the
+ingest consumer, as the platform runs: VEE of the next batch overlaps the write of the previous one,
+and on PostgreSQL each batch is written over ``--lanes`` connections (default 2). ``--path sync``
+calls ``Ingestor.ingest`` batch after batch (one transaction, no overlap). Without ``--url`` PostgreSQL is
 a private cluster started like the test suite's (tests/pg.py), durable (fsync on), and removed
 afterwards. Generation is not timed.
 
@@ -56,7 +57,15 @@ def main() -> None:
     parser.add_argument("--url", help="PostgreSQL URL to use instead of a private cluster (must be empty)")
     parser.add_argument("--meters", type=int, default=10_000, help="meters the values are spread over")
     parser.add_argument("--batch-values", type=int, default=100_000, help="values per ingest transaction")
-    parser.add_argument("--path", choices=("sync", "bus"), default="sync", help="through the bus, or direct calls")
+    parser.add_argument(
+        "--path",
+        choices=("sync", "bus"),
+        default="bus",
+        help="through the bus as the platform runs (default), or direct calls",
+    )
+    parser.add_argument(
+        "--lanes", type=int, help="bus path: writer connections (default: the Ingestor's, 2 on PostgreSQL, 1 on SQLite)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--no-registers", action="store_true", help="reads without register snapshots (to see what they cost)"
@@ -133,7 +142,7 @@ def _add_meters(engine_url: str, count: int) -> list[int]:
 def _run(url: str, kind: str, args: argparse.Namespace, meters: int, progress: Progress) -> dict[str, float]:
     ids = _add_meters(url, meters)
     engine = create_engine(url)
-    ingestor = Ingestor(engine, VeeSettings(), batch_values=args.batch_values)
+    ingestor = Ingestor(engine, VeeSettings(), batch_values=args.batch_values, lanes=args.lanes)
     task = progress.add_task(f"ingest {kind}", total=args.values)
     reads = Generator(meters, args.seed, meter_ids=ids, registers=not args.no_registers).reads(args.values)
     chunk = max(1, args.batch_values // 192) * (10 if args.path == "bus" else 1)

@@ -183,7 +183,8 @@ interval_reading_versions = sa.Table(  # superseded versions, written by a trigg
 register_snapshots = sa.Table(
     "register_snapshots",
     metadata,
-    sa.Column("meter_id", MeterId(), sa.ForeignKey("meters.id"), primary_key=True),
+    # no foreign key to meters: write_registers checks each batch with one query (ADR 0003)
+    sa.Column("meter_id", MeterId(), primary_key=True, autoincrement=False),
     sa.Column("obis", sa.String(32), primary_key=True),
     sa.Column("captured_at", Epoch(), primary_key=True, autoincrement=False),
     sa.Column("value", sa.Float(53), nullable=False),

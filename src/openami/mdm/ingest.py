@@ -7,8 +7,12 @@ ever validated or stored.
 
 On the bus side, VEE runs as each read arrives and the validated rows collect into a batch; a
 batch is written (in a worker thread, one transaction) when it holds ``batch_values`` values or
-``max_delay_s`` after its first read, while the next batch is already being validated: at most one
-write is in flight, and a full batch waits for it (backpressure onto the bus).
+``max_delay_s`` after its first read, while the next batch is already being validated. A batch is
+split into ``lanes`` by meter id (2 on PostgreSQL, where the server's work per row is the bottleneck
+and two connections put both cores to it; 1 on SQLite, which has one writer): each lane has at most
+one write in flight, so a meter's reads are stored in the order they arrived, and a full batch waits
+for its lanes (backpressure onto the bus). Each lane's part is its own transaction: a read is stored
+whole or not at all, a batch may be stored in parts.
 
 Durability: ``handle`` returns before its read is stored. A read lost before it is stored (crash,
 failed write) is not lost for good: the head-end collects every interval since the meter's last
@@ -76,6 +80,7 @@ class Ingestor:
         bus: Bus | None = None,
         batch_values: int = 100_000,
         max_delay_s: float = 0.5,
+        lanes: int | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -86,7 +91,8 @@ class Ingestor:
         self._batch: list[Validated] = []
         self._batch_values = 0
         self._lock = asyncio.Lock()
-        self._writing: asyncio.Task[BatchResult] | None = None
+        default_lanes = 2 if engine.dialect.name == "postgresql" else 1
+        self._writing: list[asyncio.Task[BatchResult] | None] = [None] * max(1, lanes or default_lanes)
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -146,9 +152,15 @@ class Ingestor:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._submit_soon)
 
     async def flush(self) -> BatchResult | None:
-        """Write what is buffered and wait until it is stored; the last write's result, or None."""
+        """Write what is buffered and wait until it is stored; the last write of each lane, summed, or None."""
         await self._submit()
-        return await self._writing if self._writing is not None else None
+        writing = [task for task in self._writing if task is not None]
+        if not writing:
+            return None
+        total = BatchResult()
+        for result in await asyncio.gather(*writing):
+            total.add(result)
+        return total
 
     async def close(self) -> None:
         """Store what is buffered; call after the bus has drained."""
@@ -157,17 +169,18 @@ class Ingestor:
             await asyncio.gather(*self._tasks)
 
     async def _submit(self) -> None:
-        """Start writing the current batch once the previous write has finished (at most one in flight)."""
+        """Start writing the current batch, each lane's part once that lane's previous write has finished."""
         async with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             batch, self._batch, self._batch_values = self._batch, [], 0
-            if not batch:
-                return
-            if self._writing is not None:
-                await self._writing
-            self._writing = asyncio.create_task(self._store(batch))
+            for lane, part in enumerate(_split(batch, len(self._writing))):
+                if not part:
+                    continue
+                if (previous := self._writing[lane]) is not None:
+                    await previous
+                self._writing[lane] = asyncio.create_task(self._store(part))
 
     def _submit_soon(self) -> None:
         self._timer = None
@@ -198,6 +211,16 @@ class Ingestor:
             except BusClosed:
                 log.info("mdm.ingest.not_announced", reads=len(result.stored), reason="bus closed")
         return result
+
+
+def _split(batch: list[Validated], lanes: int) -> list[list[Validated]]:
+    """The batch's reads by lane (meter id modulo lanes), each lane in arrival order."""
+    if lanes == 1:
+        return [batch]
+    parts: list[list[Validated]] = [[] for _ in range(lanes)]
+    for read in batch:
+        parts[read[0].meter_id % lanes].append(read)
+    return parts
 
 
 def _write(conn: Connection, validated: Sequence[Validated]) -> BatchResult:

@@ -159,3 +159,33 @@ def test_register_snapshots_are_kept_once(engine: Engine) -> None:
         assert write_registers(conn, [*rows, (meter, "1.0.2.8.0.255", T0, 10.0, "Wh", RECV, 1)]) == 1
         stored = read_registers(conn, meter, T0, T0)
     assert [(r.obis, r.value, r.quality) for r in stored] == [("1.0.1.8.0.255", 12345.0, 0), ("1.0.2.8.0.255", 10.0, 1)]
+
+
+def test_register_snapshots_new_and_re_read_in_one_batch(engine: Engine) -> None:
+    """New snapshots take the bulk path, re-read ones are kept as they were; duplicates in a batch count once."""
+    with engine.begin() as conn:
+        meters = add_meters(conn, 3)
+        first = [(m, "1.0.1.8.0.255", T0, 100.0 + m, "Wh", RECV) for m in meters]
+        assert write_registers(conn, first) == 3
+    later = [(m, "1.0.1.8.0.255", T0 + 86_400, 200.0 + m, "Wh", RECV) for m in meters]
+    re_read = [(meters[0], "1.0.1.8.0.255", T0, 999.0, "Wh", RECV)]  # makes meter 0's pair "hot"
+    duplicate = [(meters[1], "1.0.2.8.0.255", T0, 5.0, "Wh", RECV)] * 2
+    with engine.begin() as conn:
+        assert write_registers(conn, later + re_read + duplicate) == 4
+    with engine.connect() as conn:
+        records = [r for m in meters for r in read_registers(conn, m, 0, T0 * 2)]
+    stored = {(r.meter_id, r.obis, r.captured_at): r.value for r in records}
+    assert stored[(meters[0], "1.0.1.8.0.255", T0)] == 100.0 + meters[0]  # the re-read did not overwrite
+    assert stored[(meters[1], "1.0.2.8.0.255", T0)] == 5.0
+    assert all(stored[(m, "1.0.1.8.0.255", T0 + 86_400)] == 200.0 + m for m in meters)
+    assert len(stored) == 7
+
+
+def test_register_snapshots_of_an_unknown_meter_write_nothing(engine: Engine) -> None:
+    with engine.begin() as conn:
+        (meter,) = add_meters(conn, 1)
+    rows = [(meter, "1.0.1.8.0.255", T0, 1.0, "Wh", RECV), (meter + 1000, "1.0.1.8.0.255", T0, 1.0, "Wh", RECV)]
+    with pytest.raises(NotFound, match=str(meter + 1000)), engine.begin() as conn:
+        write_registers(conn, rows)
+    with engine.connect() as conn:
+        assert read_registers(conn, meter, 0, T0 * 2) == []

@@ -205,3 +205,24 @@ async def test_a_long_gap_arriving_on_the_bus_is_estimated_from_stored_history(
     with engine.connect() as conn:
         rows = read_intervals(conn, meter, MONDAY + S, MONDAY + 12 * S, CHANNEL_IMPORT)
     assert [r.value for r in rows] == [70.0 + i for i in range(12)]
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+async def test_a_meters_reads_are_stored_in_arrival_order_whatever_the_lanes(
+    engine: Engine, meters: list[int], lanes: int
+) -> None:
+    """Every read of a meter goes through the same lane, so a newer value is never overtaken by an older one."""
+    bus = InProcessBus()
+    ingestor = Ingestor(engine, VeeSettings(), batch_values=8, max_delay_s=60, lanes=lanes)  # a batch per read
+    ingestor.subscribe(bus)
+    for version in range(4):
+        for m in meters:
+            await bus.publish(READINGS_COLLECTED, make_read(m, [10.0 + version] * 4))
+    await bus.drain()
+    await ingestor.close()
+    await bus.close()
+    with engine.connect() as conn:
+        for m in meters:
+            stored = read_intervals(conn, m, MONDAY, MONDAY + 4 * S, CHANNEL_IMPORT)
+            assert [r.value for r in stored] == [13.0] * 4
+            assert {r.version for r in stored} == {4}
