@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
 
+GIL_SWITCH_INTERVAL_S = 0.001
+"""CPython's default is 5 ms: a worker thread asking for the GIL while the event loop runs waits that
+long at each step, and a worker inside a database transaction holds SQLite's write lock (or
+PostgreSQL row locks) meanwhile, so every other writer waits too. Database work of commands, audit
+and ingest runs on worker threads; with 1 ms their transactions during a collection are several
+times shorter (switch benchmark: submit p50 1.9 s -> 0.5 s)."""
+
+
 def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool = True) -> _T:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if use_uvloop:
         try:
             import uvloop  # noqa: PLC0415 - optional: not on Windows

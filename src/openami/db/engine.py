@@ -21,9 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from openami.db._sqlite_gate import GatedConnection, bulk_writes
 from openami.errors import InvalidInput, StorageUnavailable
 
-__all__ = ["connect_check", "create_engine", "dialect_name", "is_postgres", "safe_url"]
+__all__ = ["bulk_writes", "connect_check", "create_engine", "dialect_name", "is_postgres", "safe_url"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_CACHE_KIB = 65_536
@@ -96,7 +97,8 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StorageUnavailable(f"database {safe_url(url)} is unavailable: {error.strerror}") from error
-    engine = sa.create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "factory": GatedConnection}
+    engine = sa.create_engine(url, echo=echo, connect_args=connect_args)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 

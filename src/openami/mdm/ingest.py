@@ -23,7 +23,7 @@ arrives twice stores nothing new.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -31,12 +31,17 @@ from sqlalchemy import Connection, Engine
 
 from openami.bus import READINGS_COLLECTED, READINGS_STORED, Bus, BusClosed, Unsubscribe
 from openami.db import readings as storage
+from openami.db.engine import bulk_writes
 from openami.db.registers import RegisterRow, write_registers
 from openami.domain.messages import CollectedReadings, ReadingsStored
 from openami.mdm.vee import SOURCE_METER, UNUSABLE, History, MeterState, Row, VeeResult, history_window, validate
 from openami.settings import VeeSettings
 
 log = structlog.get_logger(__name__)
+
+SQLITE_CHUNK_VALUES = 20_000
+"""Values per SQLite transaction: ~50 ms of holding the write lock, so a switch command's write waits
+no longer than that (a commit in WAL mode costs ~1 ms, so smaller transactions cost little)."""
 
 Validated = tuple[CollectedReadings, VeeResult]
 
@@ -127,8 +132,17 @@ class Ingestor:
             return _history(conn, meter_id, window)
 
     def _write_transaction(self, validated: list[Validated]) -> BatchResult:
-        with self.engine.begin() as conn:
-            return _write(conn, validated)
+        """Write a batch; on SQLite in transactions of about ``SQLITE_CHUNK_VALUES`` values, each yielding
+        the write lock to every other writer of the process that waits for it (``bulk_writes``)."""
+        if self.engine.dialect.name != "sqlite":
+            with self.engine.begin() as conn:
+                return _write(conn, validated)
+        result = BatchResult()
+        with bulk_writes():
+            for chunk in _chunks(validated, SQLITE_CHUNK_VALUES):
+                with self.engine.begin() as conn:
+                    result.add(_write(conn, chunk))
+        return result
 
     # --- asynchronous bus side -----------------------------------------------------------------------
 
@@ -211,6 +225,20 @@ class Ingestor:
             except BusClosed:
                 log.info("mdm.ingest.not_announced", reads=len(result.stored), reason="bus closed")
         return result
+
+
+def _chunks(batch: list[Validated], values: int) -> Iterator[list[Validated]]:
+    """Consecutive runs of whole reads holding about ``values`` values each."""
+    chunk: list[Validated] = []
+    size = 0
+    for read in batch:
+        chunk.append(read)
+        size += read[1].counts.values
+        if size >= values:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def _split(batch: list[Validated], lanes: int) -> list[list[Validated]]:

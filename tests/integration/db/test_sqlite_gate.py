@@ -1,0 +1,108 @@
+"""The in-process SQLite write gate: bulk writers yield to the others, and the gate is always given back."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from openami.db._sqlite_gate import GatedConnection, bulk_writes, gate_for
+from openami.db.engine import create_engine
+
+
+def _connect(path: Path) -> GatedConnection:
+    conn = sqlite3.connect(path, timeout=10, factory=GatedConnection, check_same_thread=False)
+    assert isinstance(conn, GatedConnection)
+    return conn
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "gate.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (who TEXT)")
+    return path
+
+
+def _waiters(path: Path) -> int:
+    return gate_for(str(path.resolve()))._urgent_waiting
+
+
+def test_a_waiting_command_writes_before_a_bulk_writer_that_asked_first(db: Path) -> None:
+    holder = _connect(db)
+    holder.execute("INSERT INTO t VALUES ('holder')")  # holds the gate until commit
+    order: list[str] = []
+
+    def write(who: str, bulk: bool) -> None:
+        conn = _connect(db)
+        if bulk:
+            with bulk_writes():
+                conn.execute("INSERT INTO t VALUES (?)", (who,))
+        else:
+            conn.execute("INSERT INTO t VALUES (?)", (who,))
+        order.append(who)
+        time.sleep(0.05)  # still holding: the other one must wait for this commit
+        conn.commit()
+        conn.close()
+
+    bulk = threading.Thread(target=write, args=("bulk", True))
+    bulk.start()
+    time.sleep(0.1)
+    urgent = threading.Thread(target=write, args=("command", False))
+    urgent.start()
+    deadline = time.monotonic() + 5
+    while _waiters(db) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    holder.commit()
+    bulk.join(10)
+    urgent.join(10)
+    holder.close()
+    assert order == ["command", "bulk"]
+    with sqlite3.connect(db) as check:
+        assert sorted(r[0] for r in check.execute("SELECT who FROM t")) == ["bulk", "command", "holder"]
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback", "close", "autocommit", "failed"])
+def test_the_gate_is_given_back_however_a_transaction_ends(db: Path, end: str) -> None:
+    first = _connect(db)
+    if end == "autocommit":
+        first.isolation_level = None
+    statement = "INSERT INTO nowhere VALUES (1)" if end == "failed" else "INSERT INTO t VALUES ('first')"
+    try:
+        first.execute(statement)
+    except sqlite3.OperationalError:
+        assert end == "failed"
+    if end in ("commit", "rollback", "close"):
+        getattr(first, end)()
+    second = _connect(db)
+    started = time.monotonic()
+    second.execute("INSERT INTO t VALUES ('second')")
+    second.commit()
+    assert time.monotonic() - started < 5  # not the 10 s gate timeout
+    second.close()
+    first.close()
+
+
+def test_reads_do_not_wait_for_the_gate(db: Path) -> None:
+    writer = _connect(db)
+    writer.execute("INSERT INTO t VALUES ('pending')")
+    reader = _connect(db)
+    started = time.monotonic()
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (0,)  # WAL: the committed state
+    assert time.monotonic() - started < 1
+    writer.rollback()
+    reader.close()
+    writer.close()
+
+
+def test_engines_open_gated_connections(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'e.sqlite3'}")
+    try:
+        with engine.connect() as conn:
+            assert isinstance(conn.connection.driver_connection, GatedConnection)
+    finally:
+        engine.dispose()
