@@ -78,7 +78,7 @@ def write(raw: psycopg.Connection[Any], rows: Sequence[Row]) -> tuple[int, int, 
             warm: Sequence[Row] = [r for r in rows if (r[0], r[1]) in hot]
         else:
             cold, warm = rows, ()
-        if cold and not _copy_direct(cur, cold):
+        if cold and not copy_new(cur, "interval_readings", _COLUMNS, _TYPES, cold):
             cold, warm = (), rows
         inserted, superseded = _merge(cur, warm) if warm else (0, 0)
     return len(cold) + inserted, superseded, len(warm) - inserted - superseded
@@ -101,24 +101,25 @@ def _classify(cur: psycopg.Cursor[Any], first: dict[tuple[int, int], int]) -> se
     return hot
 
 
-def _copy_into(cur: psycopg.Cursor[Any], table: str, rows: Sequence[Row]) -> None:
-    with cur.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_TYPES)
+def copy_binary(cur: psycopg.Cursor[Any], table: str, columns: str, types: Sequence[str], rows: Sequence[Any]) -> None:
+    """Binary COPY of ``rows`` into ``table`` (``columns`` and ``types`` are this package's constants)."""
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(types))
         write_row = copy.write_row
         for row in rows:
             write_row(row)
 
 
-def _copy_direct(cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> bool:
-    """COPY into interval_readings under a savepoint; False (and nothing written) on a duplicate key."""
-    cur.execute("SAVEPOINT openami_ingest_copy")
+def copy_new(cur: psycopg.Cursor[Any], table: str, columns: str, types: Sequence[str], rows: Sequence[Any]) -> bool:
+    """``copy_binary`` under a savepoint: False, and nothing written, when a row's key already exists."""
+    cur.execute("SAVEPOINT openami_copy_new")
     try:
-        _copy_into(cur, "interval_readings", rows)
+        copy_binary(cur, table, columns, types, rows)
     except pg_errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT openami_ingest_copy")
-        cur.execute("RELEASE SAVEPOINT openami_ingest_copy")
+        cur.execute("ROLLBACK TO SAVEPOINT openami_copy_new")
+        cur.execute("RELEASE SAVEPOINT openami_copy_new")
         return False
-    cur.execute("RELEASE SAVEPOINT openami_ingest_copy")
+    cur.execute("RELEASE SAVEPOINT openami_copy_new")
     return True
 
 
@@ -141,7 +142,7 @@ def _merge(cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> tuple[int, int]:
 
 def _merge_once(cur: psycopg.Cursor[Any], rows: Sequence[Row]) -> tuple[int, int]:
     cur.execute(f"TRUNCATE {_STAGE}")
-    _copy_into(cur, _STAGE, rows)
+    copy_binary(cur, _STAGE, _COLUMNS, _TYPES, rows)
     cur.execute(_MERGE, {"estimated": int(SourceCode.ESTIMATED)})
     counts = cur.fetchone()
     assert counts is not None

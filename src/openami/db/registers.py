@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
-from psycopg import errors as pg_errors
 from sqlalchemy.engine import Connection
 
+from openami.db import _pg_ingest
 from openami.db._upsert import insert_on_conflict
 from openami.db.tables import meters
 from openami.db.tables import register_snapshots as rs
@@ -50,7 +50,6 @@ WHERE NOT EXISTS (SELECT 1 FROM meters m WHERE m.id = p.meter_id)
 """)
 
 _COLUMNS = ("meter_id", "obis", "captured_at", "value", "unit", "received_at", "quality")
-_COPY = f"COPY register_snapshots ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["int4", "text", "int8", "float8", "text", "int8", "int4"]
 
 
@@ -106,21 +105,9 @@ def _classify_pg(conn: Connection, first: dict[tuple[int, str], int]) -> set[tup
 
 
 def _copy_direct(conn: Connection, rows: list[_FullRow]) -> bool:
-    """COPY into register_snapshots under a savepoint; False (and nothing written) on a duplicate key."""
     raw = cast(Any, conn.connection.driver_connection)
     with raw.cursor() as cur:
-        cur.execute("SAVEPOINT openami_registers_copy")
-        try:
-            with cur.copy(_COPY) as copy:
-                copy.set_types(_COPY_TYPES)
-                for row in rows:
-                    copy.write_row(row)
-        except pg_errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT openami_registers_copy")
-            cur.execute("RELEASE SAVEPOINT openami_registers_copy")
-            return False
-        cur.execute("RELEASE SAVEPOINT openami_registers_copy")
-    return True
+        return _pg_ingest.copy_new(cur, "register_snapshots", ", ".join(_COLUMNS), _COPY_TYPES, rows)
 
 
 def _insert_pg(conn: Connection, rows: list[_FullRow]) -> int:
