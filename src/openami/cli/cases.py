@@ -7,10 +7,7 @@ audited. Errors print a message and exit 1.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,39 +16,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from openami import logging as oam_logging
-from openami.errors import OpenAmiError
+from openami.cli.local import run_local
 from openami.security.policy import ALL_SCOPES, RequestScope, Role
 from openami.services import revenue
-from openami.services.bootstrap import build_platform, open_storage, stop_platform
 from openami.services.context import Platform
-from openami.settings import Settings
 
 CLI_SCOPE = RequestScope(
     principal="cli:local-admin", roles=frozenset({Role.AMI_OPERATOR}), scopes=frozenset({ALL_SCOPES})
 )
 _STATES = click.Choice(list(revenue.CASE_STATES))
 T = TypeVar("T")
-
-
-@contextmanager
-def _platform() -> Iterator[Platform]:
-    oam_logging.configure()  # log lines to stderr: stdout is the answer
-    settings = Settings()
-    platform = None
-    try:
-        platform = build_platform(settings, engine=open_storage(settings))
-        yield platform
-    except OpenAmiError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        if platform is not None:
-            asyncio.run(stop_platform(platform))
-
-
-def _run(call: Callable[[Platform], T]) -> T:
-    with _platform() as platform:
-        return call(platform)
 
 
 def _time(moment: datetime | None) -> str:
@@ -75,7 +49,7 @@ def cases() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def list_cases(state: str | None, meter_id: int | None, transformer_id: str | None, limit: int, as_json: bool) -> None:
     """List cases by id."""
-    found = _run(
+    found = run_local(
         lambda p: revenue.list_cases(
             p, CLI_SCOPE, state=state, meter_id=meter_id, transformer_id=transformer_id, limit=limit
         )
@@ -116,7 +90,7 @@ def _print_detail(detail: revenue.CaseDetail, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def show(case_id: int, as_json: bool) -> None:
     """Show a case and its history."""
-    _print_detail(_run(lambda p: revenue.get_case(p, CLI_SCOPE, case_id)), as_json)
+    _print_detail(run_local(lambda p: revenue.get_case(p, CLI_SCOPE, case_id)), as_json)
 
 
 @cases.command()
@@ -125,7 +99,7 @@ def show(case_id: int, as_json: bool) -> None:
 @click.option("--note", help="why (kept in the history)")
 def move(case_id: int, state: str, note: str | None) -> None:
     """Move case CASE_ID to STATE (only the transitions the state machine allows)."""
-    _print_detail(_run(lambda p: revenue.move_case(p, CLI_SCOPE, case_id, state, note=note)), False)
+    _print_detail(run_local(lambda p: revenue.move_case(p, CLI_SCOPE, case_id, state, note=note)), False)
 
 
 @cases.command()
@@ -133,7 +107,7 @@ def move(case_id: int, state: str, note: str | None) -> None:
 @click.argument("text")
 def note(case_id: int, text: str) -> None:
     """Add a note to case CASE_ID."""
-    _print_detail(_run(lambda p: revenue.add_note(p, CLI_SCOPE, case_id, text)), False)
+    _print_detail(run_local(lambda p: revenue.add_note(p, CLI_SCOPE, case_id, text)), False)
 
 
 @cases.command()
@@ -141,7 +115,7 @@ def note(case_id: int, text: str) -> None:
 @click.argument("assignee", required=False)
 def assign(case_id: int, assignee: str | None) -> None:
     """Assign case CASE_ID to ASSIGNEE (none given: unassign)."""
-    _print_detail(_run(lambda p: revenue.assign_case(p, CLI_SCOPE, case_id, assignee)), False)
+    _print_detail(run_local(lambda p: revenue.assign_case(p, CLI_SCOPE, case_id, assignee)), False)
 
 
 @cases.command()
@@ -150,7 +124,7 @@ def assign(case_id: int, assignee: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def watch(rule: str | None, include_cleared: bool, as_json: bool) -> None:
     """Meters (and transformers) to be watched, newest first."""
-    found = _run(lambda p: revenue.watch_list(p, CLI_SCOPE, rule=rule, include_cleared=include_cleared))
+    found = run_local(lambda p: revenue.watch_list(p, CLI_SCOPE, rule=rule, include_cleared=include_cleared))
     if as_json:
         _echo_json([asdict(w) for w in found])
         return
@@ -170,7 +144,7 @@ def watch(rule: str | None, include_cleared: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def scan(meter_ids: tuple[int, ...], as_json: bool) -> None:
     """Run the anomaly rules and the transformer energy balances now."""
-    summary = _run(lambda p: revenue.scan(p, CLI_SCOPE, meter_ids=list(meter_ids) or None))
+    summary = run_local(lambda p: revenue.scan(p, CLI_SCOPE, meter_ids=list(meter_ids) or None))
     flagged = [b.transformer_id for b in summary.balances if b.flagged]
     result = {"meters": summary.meters, "transformers": summary.transformers, "findings": summary.findings,
               "new_watch": summary.new_watch, "cleared_watch": summary.cleared_watch,
@@ -196,7 +170,7 @@ def scan(meter_ids: tuple[int, ...], as_json: bool) -> None:
 @click.option("--generation/--no-generation", default=None, help="the premise has registered generation")
 def premise(premise_id: str, vacant: bool | None, generation: bool | None) -> None:
     """Set the flags of PREMISE_ID that the rules read (vacant, registered generation)."""
-    flags = _run(
+    flags = run_local(
         lambda p: revenue.set_premise_flags(p, CLI_SCOPE, premise_id, vacant=vacant, has_generation=generation)
     )
     since = f" since {_time(flags.vacant_since)}" if flags.vacant else ""
@@ -216,7 +190,7 @@ def balance(transformer_id: str, days: float | None, as_json: bool) -> None:
         start = None if days is None else datetime.fromtimestamp(now.timestamp() - days * 86_400, UTC)
         return revenue.energy_balance(platform, CLI_SCOPE, transformer_id, start=start)
 
-    b = _run(compute)
+    b = run_local(compute)
     if as_json:
         _echo_json(asdict(b))
         return

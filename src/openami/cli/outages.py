@@ -8,8 +8,6 @@ topology at its next decision (a last gasp from a meter it does not know reloads
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,39 +15,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from openami import logging as oam_logging
+from openami.cli.local import local_platform, run_local
 from openami.cli.platform import CLI_SCOPE
-from openami.errors import OpenAmiError
 from openami.services import outage_feed, topology
 from openami.services import webhooks as webhook_services
-from openami.services.bootstrap import build_platform, open_storage
-from openami.services.context import Platform
-from openami.settings import Settings
 
 T = TypeVar("T")
 _err = Console(stderr=True)
-
-
-@contextmanager
-def _platform() -> Iterator[Platform]:
-    """The local platform's storage and keys (nothing started); OpenAmiError becomes a message and exit 1."""
-    oam_logging.configure()  # log lines to stderr: stdout is the report
-    try:
-        settings = Settings()
-        platform = build_platform(settings, engine=open_storage(settings))
-    except OpenAmiError as exc:
-        raise click.ClickException(exc.message) from None
-    try:
-        yield platform
-    except OpenAmiError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        platform.engine.dispose()
-
-
-def _run(call: Callable[[Platform], T]) -> T:
-    with _platform() as platform:
-        return call(platform)
 
 
 def _when(value: Any) -> str:
@@ -79,7 +51,7 @@ def _outage_json(o: Any) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def list_outages(states: tuple[str, ...], limit: int, as_json: bool) -> None:
     """Outages, newest first."""
-    found = _run(lambda p: outage_feed.list_outages(p, CLI_SCOPE, states=states, limit=limit))
+    found = run_local(lambda p: outage_feed.list_outages(p, CLI_SCOPE, states=states, limit=limit))
     if as_json:
         click.echo(json.dumps([_outage_json(o) for o in found], indent=2))
         return
@@ -100,7 +72,7 @@ def list_outages(states: tuple[str, ...], limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def show_outage(outage_id: int, as_json: bool) -> None:
     """One outage: its affected meters, the restoration list, nested outages and notes."""
-    detail = _run(lambda p: outage_feed.get_outage(p, CLI_SCOPE, outage_id))
+    detail = run_local(lambda p: outage_feed.get_outage(p, CLI_SCOPE, outage_id))
     body = _outage_json(detail.outage) | {
         "restoration_list": detail.still_dark,
         "children": detail.children,
@@ -138,7 +110,7 @@ def import_topology(path: Path, fmt: str | None) -> None:
     """Replace the grid with FILE (CSV or GeoJSON); a file with problems changes nothing and each is listed."""
     chosen = fmt or ("geojson" if path.suffix.lower() in (".geojson", ".json") else "csv")
     data = path.read_bytes()
-    with _platform() as platform:
+    with local_platform() as platform:
         try:
             summary = topology.import_topology(platform, CLI_SCOPE, data, fmt=chosen, source=path.name)
         except topology.TopologyRejected as exc:
@@ -163,7 +135,7 @@ def webhooks() -> None:
 @click.argument("url")
 def add_webhook(name: str, url: str) -> None:
     """Register URL; prints the signing secret once (store it in the receiver, it is never shown again)."""
-    made = _run(lambda p: webhook_services.register(p, CLI_SCOPE, name=name, url=url))
+    made = run_local(lambda p: webhook_services.register(p, CLI_SCOPE, name=name, url=url))
     click.echo(f"webhook {made.webhook.id} ({made.webhook.name}) → {made.webhook.url}")
     click.echo(f"signing secret (shown once): {made.secret}")
 
@@ -171,7 +143,7 @@ def add_webhook(name: str, url: str) -> None:
 @webhooks.command("list")
 def list_webhooks() -> None:
     """Registered endpoints."""
-    found = _run(lambda p: webhook_services.list_webhooks(p, CLI_SCOPE))
+    found = run_local(lambda p: webhook_services.list_webhooks(p, CLI_SCOPE))
     table = Table(title=f"webhooks ({len(found)})")
     for column in ("id", "name", "url", "created by", "created"):
         table.add_column(column)
@@ -184,5 +156,5 @@ def list_webhooks() -> None:
 @click.argument("webhook_id", type=click.IntRange(1))
 def remove_webhook(webhook_id: int) -> None:
     """Stop notifying an endpoint."""
-    _run(lambda p: webhook_services.remove(p, CLI_SCOPE, webhook_id))
+    run_local(lambda p: webhook_services.remove(p, CLI_SCOPE, webhook_id))
     click.echo(f"webhook {webhook_id} removed")

@@ -8,10 +8,8 @@ platform's command queue sends it). Bad input is a message and exit status 1; no
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -20,39 +18,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from openami import logging as oam_logging
-from openami.errors import OpenAmiError
+from openami.cli.local import run_local
 from openami.security.policy import ALL_SCOPES, RequestScope, Role
 from openami.services import prepay as prepay_services
 from openami.services import prepay_reconcile
-from openami.services.bootstrap import build_platform, open_storage, stop_platform
-from openami.services.context import Platform
-from openami.settings import Settings
 
 CLI_SCOPE = RequestScope(
     principal="cli:local-admin", roles=frozenset({Role.BILLING_CIS}), scopes=frozenset({ALL_SCOPES})
 )
 T = TypeVar("T")
-
-
-@contextmanager
-def _platform() -> Iterator[Platform]:
-    oam_logging.configure()  # log lines to stderr: stdout is the answer
-    settings = Settings()
-    platform = None
-    try:
-        platform = build_platform(settings, engine=open_storage(settings))
-        yield platform
-    except OpenAmiError as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        if platform is not None:
-            asyncio.run(stop_platform(platform))
-
-
-def _call(fn: Callable[[Platform], T]) -> T:
-    with _platform() as platform:
-        return fn(platform)
 
 
 def _json(rows: Sequence[Any]) -> None:
@@ -91,7 +65,7 @@ def tariff() -> None:
 @click.option("--standing", "standing_charge_per_day", required=True, help="per day, e.g. 0.45")
 def tariff_add(code: str, name: str, currency: str, price_per_kwh: str, standing_charge_per_day: str) -> None:
     """Define tariff CODE."""
-    view = _call(lambda p: prepay_services.define_tariff(
+    view = run_local(lambda p: prepay_services.define_tariff(
         p, CLI_SCOPE, code=code, name=name, currency=currency.upper(), price_per_kwh=price_per_kwh,
         standing_charge_per_day=standing_charge_per_day,
     ))  # fmt: skip
@@ -103,7 +77,7 @@ def tariff_add(code: str, name: str, currency: str, price_per_kwh: str, standing
 @click.option("--json", "as_json", is_flag=True)
 def tariff_list(as_json: bool) -> None:
     """Every tariff."""
-    views = _call(lambda p: prepay_services.list_tariffs(p, CLI_SCOPE))
+    views = run_local(lambda p: prepay_services.list_tariffs(p, CLI_SCOPE))
     if as_json:
         _json(views)
         return
@@ -118,7 +92,7 @@ def tariff_list(as_json: bool) -> None:
 @click.option("--friendly-hours", help='e.g. "mon-sun 18:00-08:00; sat-sun" (default from settings)')
 def enrol(meter_id: int, tariff_code: str, low_credit_threshold: str | None, friendly_hours: str | None) -> None:
     """Enrol a meter in prepayment (balance zero, supply connected)."""
-    view = _call(lambda p: prepay_services.enrol(
+    view = run_local(lambda p: prepay_services.enrol(
         p, CLI_SCOPE, meter_id=meter_id, tariff_code=tariff_code, low_credit_threshold=low_credit_threshold,
         friendly_hours=friendly_hours,
     ))  # fmt: skip
@@ -140,7 +114,7 @@ def _accounts_table(views: Sequence[prepay_services.AccountView]) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def accounts(state: str | None, credit_state: str | None, meter_id: int | None, limit: int, as_json: bool) -> None:
     """Accounts with their balances."""
-    views = _call(lambda p: prepay_services.list_accounts(
+    views = run_local(lambda p: prepay_services.list_accounts(
         p, CLI_SCOPE, state=state, credit_state=credit_state, meter_id=meter_id, limit=limit,
     ))  # fmt: skip
     if as_json:
@@ -162,7 +136,9 @@ def _entries_table(title: str, entries: Sequence[prepay_services.EntryView]) -> 
 @click.option("--json", "as_json", is_flag=True)
 def ledger(account_id: int, limit: int, before_seq: int | None, as_json: bool) -> None:
     """The ledger of ACCOUNT_ID, newest first."""
-    entries = _call(lambda p: prepay_services.get_ledger(p, CLI_SCOPE, account_id, limit=limit, before_seq=before_seq))
+    entries = run_local(
+        lambda p: prepay_services.get_ledger(p, CLI_SCOPE, account_id, limit=limit, before_seq=before_seq)
+    )
     if as_json:
         _json(entries)
         return
@@ -193,7 +169,7 @@ def pay(
     account_id: int, amount: str, currency: str, reference: str, idempotency_key: str | None, as_json: bool
 ) -> None:
     """Record a payment (top-up) of AMOUNT on ACCOUNT_ID."""
-    result = _call(lambda p: prepay_services.record_payment(
+    result = run_local(lambda p: prepay_services.record_payment(
         p, CLI_SCOPE, account_id, amount=amount, currency=currency.upper(), reference=reference,
         idempotency_key=idempotency_key,
     ))  # fmt: skip
@@ -211,7 +187,7 @@ def adjust(account_id: int, amount: str, currency: str, reason: str, as_json: bo
 
     A negative amount follows "--": openami prepay adjust --currency EUR --reason "..." 42 -- -2.50
     """
-    result = _call(lambda p: prepay_services.adjust(
+    result = run_local(lambda p: prepay_services.adjust(
         p, CLI_SCOPE, account_id, amount=amount, currency=currency.upper(), reason=reason,
     ))  # fmt: skip
     _print_result(result, as_json)
@@ -223,7 +199,7 @@ def adjust(account_id: int, amount: str, currency: str, reason: str, as_json: bo
 @click.option("--json", "as_json", is_flag=True)
 def alerts(account_id: int | None, open_only: bool, as_json: bool) -> None:
     """Low- and zero-credit alerts, newest first."""
-    views = _call(lambda p: prepay_services.list_alerts(p, CLI_SCOPE, account_id=account_id, open_only=open_only))
+    views = run_local(lambda p: prepay_services.list_alerts(p, CLI_SCOPE, account_id=account_id, open_only=open_only))
     if as_json:
         _json(views)
         return
@@ -245,7 +221,7 @@ def reconcile(
 ) -> None:  # fmt: skip
     """Debited energy against the import register over --from/--to (UTC when no offset); exit 3 on differences."""
     start, end = (d if d.tzinfo else d.replace(tzinfo=UTC) for d in (start, end))
-    rows = _call(lambda p: prepay_reconcile.reconcile(
+    rows = run_local(lambda p: prepay_reconcile.reconcile(
         p, CLI_SCOPE, start, end, account_id=account_id, tolerance_wh=tolerance_wh, only_differences=only_differences,
     ))  # fmt: skip
     if as_json:
