@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -100,9 +101,14 @@ def gate_for(database: str) -> _Gate:
         return gate
 
 
+_FIRST_WORD = re.compile(r"\s*(\w+)")
+
+
 def _writes(sql: str) -> bool:
-    head = sql.lstrip().split(None, 1)
-    return bool(head) and head[0].upper() in _WRITE_VERBS
+    """Whether a statement writes, from its first word (read without copying the statement: every
+    statement of a connection not yet holding the gate passes here)."""
+    head = _FIRST_WORD.match(sql)
+    return head is not None and head.group(1).upper() in _WRITE_VERBS
 
 
 class GatedCursor(sqlite3.Cursor):

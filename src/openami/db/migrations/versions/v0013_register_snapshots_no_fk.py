@@ -12,6 +12,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -45,16 +47,19 @@ def _table(*, with_fk: bool) -> sa.Table:
     )
 
 
+def _sqlite_copy(*, with_fk: bool) -> Any:
+    """SQLite's batch mode: the table copied from its definition as it stands, keeping WITHOUT ROWID."""
+    return op.batch_alter_table(
+        "register_snapshots", copy_from=_table(with_fk=with_fk), recreate="always",
+        table_kwargs={"sqlite_with_rowid": False},
+    )  # fmt: skip
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.drop_constraint(_FK, "register_snapshots", type_="foreignkey")
         return
-    with op.batch_alter_table(
-        "register_snapshots",
-        copy_from=_table(with_fk=True),
-        recreate="always",
-        table_kwargs={"sqlite_with_rowid": False},
-    ) as batch:
+    with _sqlite_copy(with_fk=True) as batch:
         batch.drop_constraint(_FK, type_="foreignkey")
 
 
@@ -62,10 +67,5 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.create_foreign_key(_FK, "register_snapshots", "meters", ["meter_id"], ["id"])
         return
-    with op.batch_alter_table(
-        "register_snapshots",
-        copy_from=_table(with_fk=False),
-        recreate="always",
-        table_kwargs={"sqlite_with_rowid": False},
-    ) as batch:
+    with _sqlite_copy(with_fk=False) as batch:
         batch.create_foreign_key(_FK, "meters", ["meter_id"], ["id"])
