@@ -54,7 +54,7 @@ from openami.db import outages as outage_repo  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.meters import meter_ids_by_serial  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
-from openami.db.tables import meter_events  # noqa: E402
+from openami.db.tables import meter_events, outages  # noqa: E402
 from openami.domain.meter_events import EventCode  # noqa: E402
 from openami.errors import MeterCommunicationError, OpenAmiError  # noqa: E402
 from openami.security import command_authority  # noqa: E402
@@ -74,7 +74,7 @@ from openami.settings import (  # noqa: E402
     Settings,
     SwitchSettings,
 )
-from openami.sim.fleet import MAX_METERS_PER_PROCESS, Fleet, FleetConfig  # noqa: E402
+from openami.sim.fleet import MAX_METERS_PER_PROCESS, PUSH_TRANSPORTS, Fleet, FleetConfig  # noqa: E402
 from openami.sim.runner import FleetHandle, start_fleet_processes  # noqa: E402
 from openami.sim.scenarios import last_gasp_chosen, restore_chosen  # noqa: E402
 
@@ -176,10 +176,24 @@ def _first_gasp(platform: Platform, since: float) -> float | None:
 
 
 def _open_feeders(platform: Platform) -> tuple[set[str], int]:
+    """The feeders among the open top-level outages (nested ones hang below), and how many are open.
+
+    A narrow query: the bench polls this ten times a second in the platform's own process, and must
+    not take the CPU it measures."""
+    o = outages.c
+    query = sa.select(o.device_kind, o.device_id).where(o.state == "open", o.parent_id.is_(None))
     with platform.engine.connect() as conn:
-        found = outage_repo.list_outages(conn, limit=1_000_000)
-    live = [o for o in found if str(o.state) == "open" and o.parent_id is None]  # nested ones hang below
-    return {o.device_id for o in live if str(o.device_kind) == "feeder"}, len(live)
+        live = conn.execute(query).all()
+    return {device for kind, device in live if kind == "feeder"}, len(live)
+
+
+def _all_restored(platform: Platform, feeders: Sequence[str]) -> bool:
+    """Whether the failed feeders have outages and every one of them is restored (verified)."""
+    o = outages.c
+    query = sa.select(o.state).where(o.device_kind == "feeder", o.device_id.in_(list(feeders)))
+    with platform.engine.connect() as conn:
+        states = conn.execute(query).scalars().all()
+    return bool(states) and all(state == "restored" for state in states)
 
 
 async def _until(what: str, check: Callable[[], bool], timeout_s: float, console: Console) -> float | None:
@@ -191,6 +205,20 @@ async def _until(what: str, check: Callable[[], bool], timeout_s: float, console
         await asyncio.sleep(0.1)
     console.print(f"[red]timed out waiting for {what}[/]")
     return None
+
+
+async def _report_progress(platform: Platform, console: Console, every_s: float = 2.0) -> None:
+    """Every few seconds: what the event pipeline took, stored, dropped and has queued (cheap counters)."""
+    started = time.perf_counter()
+    cpu = time.process_time()
+    while platform.events is not None:
+        await asyncio.sleep(every_s)
+        stats = platform.events.stats
+        used, cpu = time.process_time() - cpu, time.process_time()
+        console.print(
+            f"  t={time.perf_counter() - started:5.1f} s: events received {stats.received:,}, stored {stats.stored:,}, "
+            f"dropped {stats.dropped:,}, queued {platform.events.queued:,}; platform CPU {used / every_s:.0%}"
+        )
 
 
 async def _fail_feeders(handle: FleetHandle, meters: Sequence[int], params: dict[str, Any], spread_s: float) -> None:
@@ -251,12 +279,7 @@ async def _storm(
     restore_started = time.time()
     await asyncio.to_thread(handle.control, "power-restore", failing, **restore_params)
 
-    def verified() -> bool:
-        with platform.engine.connect() as conn:
-            found = [o for o in outage_repo.list_outages(conn, limit=1_000_000) if o.device_id in set(feeders)]
-        return bool(found) and all(str(o.state) == "restored" for o in found)
-
-    done = await _until("restoration verification", verified, args.timeout_s, console)
+    done = await _until("restoration verification", lambda: _all_restored(platform, feeders), args.timeout_s, console)
     storm_over.set()
     await prober
     result.update({**_summary("read_storm", reads), **_summary("command_storm", commands),
@@ -292,7 +315,11 @@ async def _run(platform: Platform, handle: FleetHandle, args: argparse.Namespace
     ends = time.perf_counter() + args.baseline_s
     await probes.run(reads, commands, stop=lambda: time.perf_counter() > ends)
     result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands)}
-    result.update(await _storm(platform, handle, ids, args, console, probes))
+    progress = asyncio.create_task(_report_progress(platform, console))
+    try:
+        result.update(await _storm(platform, handle, ids, args, console, probes))
+    finally:
+        progress.cancel()
     for kind in ("read", "command"):
         base, storm = result[f"{kind}_baseline_p99_s"], result[f"{kind}_storm_p99_s"]
         result[f"{kind}_p99_ratio"] = round(storm / base, 2) if base and not math.isnan(storm) else None
@@ -300,7 +327,8 @@ async def _run(platform: Platform, handle: FleetHandle, args: argparse.Namespace
     if platform.events is not None:
         stats = platform.events.stats
         result.update({"events_received": stats.received, "events_stored": stats.stored,
-                       "events_duplicates": stats.duplicates, "events_rejected": stats.rejected})  # fmt: skip
+                       "events_duplicates": stats.duplicates, "events_rejected": stats.rejected,
+                       "events_dropped": stats.dropped})  # fmt: skip
     return result
 
 
@@ -328,6 +356,7 @@ def main() -> None:
     parser.add_argument("--baseline-s", type=float, default=10.0, help="seconds of probes before the storm")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up waiting for a stage after this")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--push-transport", choices=PUSH_TRANSPORTS, default="udp", help="how the meters push")
     args = parser.parse_args()
     console = Console(stderr=True)
     oam_logging.configure(level=logging.WARNING)
@@ -358,7 +387,7 @@ def main() -> None:
                 host, port = platform.push_listener.address
                 config = FleetConfig(meters=args.meters, seed=5, flaky_fraction=0.0, drift_fraction=0.0, days=1, port=0,
                                      authority_certificate_pem=authority.certificate_pem, push_host=host,
-                                     push_port=port)  # fmt: skip
+                                     push_port=port, push_transport=args.push_transport)  # fmt: skip
                 processes = math.ceil(args.meters / MAX_METERS_PER_PROCESS)
                 console.print(f"starting {args.meters:,} simulated meters in {processes} processes...")
                 started = time.perf_counter()
@@ -373,7 +402,8 @@ def main() -> None:
                 if platform.outages is not None:
                     platform.outages.reload_grid()
                 console.print(f"fleet up and imported in {time.perf_counter() - started:.0f} s")
-                return {"meters": args.meters, "db": args.db, **await _run(platform, handle, args, console)}
+                return {"meters": args.meters, "db": args.db, "push_transport": args.push_transport,
+                        **await _run(platform, handle, args, console)}  # fmt: skip
             finally:
                 await stop_platform(platform)
                 if handle is not None:

@@ -140,6 +140,10 @@ class PushSettings(BaseModel):
     Notifications wait in a queue of ``queue_size`` for ``workers`` that store up to ``batch_size``
     at a time; when the queue is full the listener stops reading sockets (backpressure, no loss).
     At most ``max_connections`` connections are served at once; more wait in the kernel's backlog.
+    With ``udp`` the listener also takes one notification per UDP datagram on the same port (the Push
+    Setup's transport service 1: no connection per push, so a storm costs a fraction of the CPU); a
+    datagram arriving while the queue is full is dropped and counted (the event log read on collection
+    recovers it), and ``udp_receive_buffer_bytes`` sizes the socket's kernel buffer for bursts.
     Events more than ``future_tolerance_s`` ahead of the head-end's clock, or more than
     ``commissioning_slack_s`` before their meter's commissioning, are refused.
     """
@@ -153,6 +157,8 @@ class PushSettings(BaseModel):
     max_connections: int = Field(default=1024, ge=1, le=100_000)
     backlog: int = Field(default=4096, ge=1, le=65_535)
     max_frame_bytes: int = Field(default=8192, ge=64, le=65_535)
+    udp: bool = True
+    udp_receive_buffer_bytes: int = Field(default=32 * 1024 * 1024, ge=65_536, le=1024 * 1024 * 1024)
     idle_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
     future_tolerance_s: float = Field(default=3600.0, ge=0.0)
     commissioning_slack_s: float = Field(default=86_400.0, ge=0.0)

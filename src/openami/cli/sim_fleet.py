@@ -11,7 +11,7 @@ import click
 
 from openami.protocols.dlms.errors import EncodeError
 from openami.protocols.dlms.signed_command import certificate_der_from_pem, public_key_from_certificate
-from openami.sim.fleet import DEFAULT_PORT, Fleet, FleetConfig, build_fleet
+from openami.sim.fleet import DEFAULT_PORT, PUSH_TRANSPORTS, Fleet, FleetConfig, build_fleet
 from openami.sim.runner import start_fleet_processes
 
 __all__ = ["fleet"]
@@ -46,6 +46,12 @@ def _push_host(push: str | None) -> str | None:
 
 def _push_port(push: str | None) -> int:
     return 0 if push is None else _push_address(push)[1]
+
+
+def _push_text(config: FleetConfig) -> str:
+    if not config.push_host:
+        return "nowhere"
+    return f"{config.push_host}:{config.push_port} over {config.push_transport.upper()}"
 
 
 def _span(fleet: Fleet) -> str:
@@ -95,6 +101,13 @@ def _span(fleet: Fleet) -> str:
     metavar="HOST:PORT",
     help="Where meters push their events (the head-end's push listener); without it they only log them.",
 )
+@click.option(
+    "--push-transport",
+    type=click.Choice(PUSH_TRANSPORTS),
+    default="tcp",
+    show_default=True,
+    help="How meters push: a TCP connection or a UDP datagram per notification (the head-end listens on both).",
+)
 @click.option("--check-meters", is_flag=True, help="Add a check meter at every transformer (energy balance).")
 def fleet(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     meters: int,
@@ -109,6 +122,7 @@ def fleet(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
     random_keys: bool,
     authority_cert: Path | None,
     push: str | None,
+    push_transport: str,
     check_meters: bool,
 ) -> None:
     """Run a fleet of simulated DLMS meters on loopback until SIGINT/SIGTERM; write its commissioning file."""
@@ -117,7 +131,8 @@ def fleet(  # noqa: PLR0913, PLR0917 - one parameter per command-line option
             meters=meters, seed=seed, flaky_fraction=flaky, drift_fraction=drift, single_address=single_address,
             port=base_port, random_keys=random_keys, days=days,
             authority_certificate_pem=_authority_pem(authority_cert),
-            push_host=_push_host(push), push_port=_push_port(push), check_meters=check_meters,
+            push_host=_push_host(push), push_port=_push_port(push), push_transport=push_transport,
+            check_meters=check_meters,
         )  # fmt: skip
         built = build_fleet(config)
     except ValueError as exc:
@@ -146,7 +161,7 @@ def _run(built: Fleet, out: Path, processes: int | None) -> None:
             f"ready: {len(running.meters)} meters on {_span(running)} in {len(handle.pids)} processes "
             f"({len(running.flaky)} flaky, {len(running.drifting)} drifting clocks, "
             f"{len(running.check_meters)} transformer check meters; pushing to "
-            f"{f'{running.config.push_host}:{running.config.push_port}' if running.config.push_host else 'nowhere'}); "
+            f"{_push_text(running.config)}); "
             f"commissioning file {handle.commissioning_path.resolve() if handle.commissioning_path else '-'}",
         )
         while handle.alive():

@@ -77,6 +77,7 @@ class PipelineStats:
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0  # authenticated events refused by storage (unknown meter, impossible time)
+    dropped: int = 0  # datagrams offered while the queue was full (UDP cannot wait)
     refused: dict[str, int] = field(default_factory=dict)  # security-event kind -> count
     store_failures: int = 0
 
@@ -166,6 +167,23 @@ class EventPipeline:
     async def submit_push(self, apdu: bytes, *, received_at: float, peer: str) -> None:
         """A notification as received (its APDU); waits while the queue is full (backpressure)."""
         await self._queue.put(_Pushed(apdu, received_at, peer))
+
+    def offer_push(self, apdu: bytes, *, received_at: float, peer: str) -> bool:
+        """A notification from a UDP datagram: never waits (a datagram cannot be held back); False,
+        counted in ``stats.dropped``, when the queue is full."""
+        return self._offer(_Pushed(apdu, received_at, peer))
+
+    def offer_refusal(self, refusal: Refusal) -> bool:
+        """A refusal found in a datagram; like ``offer_push`` it never waits."""
+        return self._offer(refusal)
+
+    def _offer(self, item: _Item) -> bool:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            return False
+        return True
 
     def offer_log(self, rows: Sequence[EventRow]) -> bool:
         """Entries read from a meter's event log on collection (authenticated by the session that read

@@ -26,7 +26,7 @@ from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTim
 
 __all__ = ["PING_SLOTS", "ping"]
 
-PING_SLOTS = 32
+PING_SLOTS = 256
 _log = structlog.get_logger("openami.headend")
 _slots: weakref.WeakKeyDictionary[Collector, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 

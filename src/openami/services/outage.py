@@ -17,6 +17,9 @@ in memory. The steps (docs/outages.md):
    ``restore_settle_s`` after the first) the meters that did not report are pinged; those still dark
    are listed, and where they make up a device (a transformer that stays dark after its feeder came
    back) a child outage is opened. Power back within ``momentary_s`` of the start makes it momentary.
+   While the event pipeline still holds queued notifications (power-ups not yet seen) verification
+   waits for them (at most ``_BACKLOG_WAIT_MAX_S``), and all outages due at once are verified with
+   one round of pings and one transaction.
 
 Every change is written in one transaction and published on ``OUTAGES_CHANGED`` (the OMS feed).
 Events are de-duplicated on (meter, code, meter time) and may arrive in any order: a power-up older
@@ -55,6 +58,7 @@ _log = structlog.get_logger("openami.outages")
 Pinger = Callable[[int], Awaitable[bool]]
 _SEEN_MAX = 200_000  # remembered event identities for de-duplication
 _RELOAD_AFTER_S = 30.0  # a gasp from a meter outside the loaded grid reloads it, at most this often
+_BACKLOG_WAIT_MAX_S = 60.0  # verification waits for queued events at most this long past its due time
 
 
 def changed(record: OutageRecord, change: str, at: datetime) -> OutageChanged:
@@ -93,8 +97,10 @@ class OutageEngine:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         pinger: Pinger | None = None,
+        backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self._engine = engine
+        self._backlog = backlog
         self._bus = bus
         self._settings = settings
         self._now = now
@@ -262,8 +268,11 @@ class OutageEngine:
         await self._flush_late_gasps()
         if self._group_first is not None and now >= self._group_due():
             await self._decide()
-        for state in [s for s in self._open.values() if s.first_up is not None and now >= self._restore_due(s)]:
-            await self._verify(state)
+        due = [s for s in self._open.values() if s.first_up is not None and now >= self._restore_due(s)]
+        if due and self._backlog() > 0:  # power-ups may still wait in the event queue: pinging them wastes time
+            due = [s for s in due if now >= self._restore_due(s) + _BACKLOG_WAIT_MAX_S]
+        if due:
+            await self._verify(due)
 
     async def _publish(self, records: Iterable[tuple[OutageRecord, str]]) -> None:
         at = self._now()
@@ -305,7 +314,10 @@ class OutageEngine:
             asked = await self._confirm(confirm, dark, alive, explained, pings)
             if not asked:
                 break
+            before = _devices(confirm)
             confirm = [s for s in self._infer(dark - back, alive, explained) if not self._all_back(s, gasped, back)]
+            if _devices(confirm) == before:
+                break  # the answers confirmed every suspect: another round would only ask more of the same
         # a device whose gasping meters all came back (by push, or answering a ping) was a momentary outage
         darkened = {m for s in confirm for m in self._meters_of(s)}
         momentary = [
@@ -440,59 +452,79 @@ class OutageEngine:
 
     # -- restoration -------------------------------------------------------------------------------------------
 
-    async def _verify(self, state: _Open) -> None:
-        """Ping the meters that did not report back; list those still dark; open child outages for dark devices."""
-        self._untrack(state.id)
-        silent = sorted(state.meters - state.restored)
-        answers = await asyncio.gather(*(self._pinger(m) for m in silent))
-        answered = {m for m, ok in zip(silent, answers, strict=True) if ok}
-        still = set(silent) - answered
+    async def _verify(self, states: list[_Open]) -> None:
+        """Ping the meters of ``states`` that did not report back, all at once; list those still dark,
+        open child outages for devices that stay dark, and write every verification in one transaction.
+
+        Verifying outages together matters in a storm: a feeder-level outage restores hundreds of
+        devices' outages within seconds, and one round of pings for all of them takes what one takes."""
+        for state in states:
+            self._untrack(state.id)
+        silent = {state.id: sorted(state.meters - state.restored) for state in states}
+        everyone = sorted(set().union(*silent.values()))
+        answers = await asyncio.gather(*(self._pinger(m) for m in everyone))
+        answered = {m for m, ok in zip(everyone, answers, strict=True) if ok}
         for meter in answered:  # back in every other open outage too
             for other in self._member.get(meter, set()):
                 self._open[other].restored.add(meter)
-        suspects = infer(self.grid, still, state.restored | answered, params=self._params, within=state.device)
-        devices = [s for s in suspects if s.kind != DeviceKind.METER and not self._followed(s)]
+        plans = [self._plan_verification(state, silent[state.id], answered) for state in states]
 
         def write() -> list[tuple[OutageRecord, str]]:
             now = self._now()
+            done: list[tuple[OutageRecord, str]] = []
             with self._engine.begin() as conn:
-                repo.mark_meters(
-                    conn, state.id, sorted(answered), state="restored", restored_by="ping", restored_at=now
-                )
-                pushed = sorted(state.restored)
-                repo.mark_meters(
-                    conn, state.id, pushed, state="restored", restored_by="push", restored_at=state.restored_at
-                )
-                repo.mark_meters(conn, state.id, sorted(still), state="still-dark")
-                done: list[tuple[OutageRecord, str]] = []
-                for suspect in devices:
-                    meters = [m for m in self._meters_of(suspect) if m in still]
-                    outage = NewOutage(
-                        suspect.kind, suspect.id, self.grid.area((suspect.kind, suspect.id)), OutageState.OPEN,
-                        state.started_at, "verification", parent_id=state.id,
-                    )  # fmt: skip
-                    affected = [self._affected(m, False, False) for m in meters]
-                    child = repo.insert_outage(conn, outage, affected, now=now)
-                    done.append((repo.get_outage(conn, child), "opened"))
-                current = repo.get_outage(conn, state.id)
-                restored_at = state.restored_at or now
-                quick = not still and (restored_at - state.started_at).total_seconds() <= self._settings.momentary_s
-                final = repo.change(
-                    conn, state.id, now=now, state=OutageState.MOMENTARY if quick else OutageState.RESTORED,
-                    restored_at=restored_at, verified_at=now, still_dark=len(still),
-                    pings_sent=current.pings_sent + len(silent), pings_answered=current.pings_answered + len(answered),
-                )  # fmt: skip
-                return [(final, "momentary" if quick else "restored"), *done]
+                for plan in plans:
+                    done += self._write_verification(conn, plan, now)
+            return done
 
         results = await asyncio.to_thread(write)
+        still_of = {plan.state.id: plan.still for plan in plans}
         for record, change in results:
-            if change == "opened":
+            if change == "opened" and record.parent_id is not None:
+                still = still_of[record.parent_id]
                 self._track(_Open(record.id, (record.device_kind, record.device_id), set(), record.started_at))
                 self._open[record.id].meters = set(self._meters_of(_suspect_of(record))) & still
                 for meter in self._open[record.id].meters:
                     self._member.setdefault(meter, set()).add(record.id)
-        _log.info("outages.restored", outage_id=state.id, still_dark=len(still))
+        for plan in plans:
+            _log.info("outages.restored", outage_id=plan.state.id, still_dark=len(plan.still))
         await self._publish(results)
+
+    def _plan_verification(self, state: _Open, silent: list[int], answered: set[int]) -> _Verification:
+        back = answered.intersection(silent)
+        still = set(silent) - back
+        suspects = infer(self.grid, still, state.restored | back, params=self._params, within=state.device)
+        devices = [s for s in suspects if s.kind != DeviceKind.METER and not self._followed(s)]
+        return _Verification(state, len(silent), back, still, devices)
+
+    def _write_verification(
+        self, conn: Connection, plan: _Verification, now: datetime
+    ) -> list[tuple[OutageRecord, str]]:
+        state, still = plan.state, plan.still
+        repo.mark_meters(conn, state.id, sorted(plan.answered), state="restored", restored_by="ping", restored_at=now)
+        repo.mark_meters(
+            conn, state.id, sorted(state.restored), state="restored", restored_by="push", restored_at=state.restored_at
+        )
+        repo.mark_meters(conn, state.id, sorted(still), state="still-dark")
+        done: list[tuple[OutageRecord, str]] = []
+        for suspect in plan.devices:
+            meters = [m for m in self._meters_of(suspect) if m in still]
+            outage = NewOutage(
+                suspect.kind, suspect.id, self.grid.area((suspect.kind, suspect.id)), OutageState.OPEN,
+                state.started_at, "verification", parent_id=state.id,
+            )  # fmt: skip
+            affected = [self._affected(m, False, False) for m in meters]
+            child = repo.insert_outage(conn, outage, affected, now=now)
+            done.append((repo.get_outage(conn, child), "opened"))
+        current = repo.get_outage(conn, state.id)
+        restored_at = state.restored_at or now
+        quick = not still and (restored_at - state.started_at).total_seconds() <= self._settings.momentary_s
+        final = repo.change(
+            conn, state.id, now=now, state=OutageState.MOMENTARY if quick else OutageState.RESTORED,
+            restored_at=restored_at, verified_at=now, still_dark=len(still),
+            pings_sent=current.pings_sent + plan.pinged, pings_answered=current.pings_answered + len(plan.answered),
+        )  # fmt: skip
+        return [(final, "momentary" if quick else "restored"), *done]
 
     def _back_since(self, state: _Open) -> set[int]:
         """Meters whose power-up (any, also before this outage's tracking) is newer than the outage's start."""
@@ -504,6 +536,21 @@ class OutageEngine:
         device = (suspect.kind, suspect.id)
         above = {device, *self.grid.ancestors(device)}
         return any(s.device in above for s in self._open.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Verification:
+    """What restoration verification found for one outage, before it is written."""
+
+    state: _Open
+    pinged: int
+    answered: set[int]  # silent meters that answered a ping
+    still: set[int]  # silent meters that did not
+    devices: list[Suspect]  # devices below the outage that stay dark: child outages
+
+
+def _devices(suspects: Iterable[Suspect]) -> set[tuple[DeviceKind, str]]:
+    return {(s.kind, s.id) for s in suspects}
 
 
 def _suspect_of(record: OutageRecord) -> Suspect:

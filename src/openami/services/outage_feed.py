@@ -48,9 +48,16 @@ async def start(platform: Platform) -> None:
     dispatcher = WebhookDispatcher(platform.engine, platform.keystore, platform.bus, settings, now=platform.now)
     await dispatcher.start()
     _dispatchers[id(platform)] = dispatcher
-    engine = OutageEngine(platform.engine, platform.bus, platform.collector, settings, now=platform.now)
+    engine = OutageEngine(
+        platform.engine, platform.bus, platform.collector, settings, now=platform.now, backlog=lambda: _queued(platform)
+    )
     await engine.start()
     platform.outages = engine
+
+
+def _queued(platform: Platform) -> int:
+    """Notifications waiting in the event pipeline (restoration verification waits for them)."""
+    return 0 if platform.events is None else platform.events.queued
 
 
 async def stop(platform: Platform) -> None:

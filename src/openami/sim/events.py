@@ -1,10 +1,12 @@
 """A simulated meter's event log (0.0.99.98.0.255) and its push channel to the head-end.
 
 The log is a bounded FIFO Profile Generic buffer of ``{clock, event code, value}`` rows, readable by
-range like the load profile. Pushes follow the contract's wire format (``protocols.dlms.push``): one
-TCP connection per notification, the frame written, the connection closed; the head-end never
-answers. A meter's pushes leave one after the other, in the order their invocation counters were
-taken, because the listener refuses a counter that is not above the last one it accepted.
+range like the load profile. Pushes follow the contract's wire format (``protocols.dlms.push``): over
+TCP one connection per notification, the frame written, the connection closed; over UDP one datagram
+per notification (the Push Setup's transport service 1), which nobody acknowledges, so it is sent once
+and a lost one is only found when the head-end reads the event log. The head-end never answers. A
+meter's pushes leave one after the other, in the order their invocation counters were taken, because
+the listener refuses a counter that is not above the last one it accepted.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 
 from openami.protocols.dlms import obis
 from openami.protocols.dlms.axdr import Float64, LongUnsigned
 from openami.protocols.dlms.cosem import CaptureObject, Data, ListProfileSource, ProfileGeneric
+from openami.protocols.dlms.cosem.push_setup import TransportService
 from openami.sim.meter_profile import encode_clock
 
-__all__ = ["EVENT_LOG_ENTRIES", "EVENT_VALUE", "EventLog", "PushChannel", "send_push"]
+__all__ = ["EVENT_LOG_ENTRIES", "EVENT_VALUE", "EventLog", "PushChannel", "send_datagram", "send_push"]
 
 EVENT_LOG_ENTRIES = 1000
 EVENT_VALUE = obis.EVENT_VALUE
@@ -89,6 +93,27 @@ async def send_push(host: str, port: int, frame: bytes, *, timeout_s: float = PU
     return True
 
 
+_datagram_sockets: dict[int, socket.socket] = {}  # address family -> this process's one UDP socket
+
+
+def send_datagram(host: str, port: int, frame: bytes) -> bool:
+    """Send one frame as a UDP datagram from the process's shared socket; False when the kernel
+    refuses it at once (no route, the socket's buffer full). Delivery is never confirmed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = _datagram_sockets.get(family)
+    if sock is None:
+        sock = _datagram_sockets[family] = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+    try:
+        sock.sendto(frame, (host, port))
+    except OSError:
+        return False
+    return True
+
+
+Destination = tuple[TransportService, str, int]
+
+
 class PushChannel:
     """One meter's outgoing notifications, sent in order on the running event loop.
 
@@ -107,7 +132,7 @@ class PushChannel:
     def submit(
         self,
         frame: bytes,
-        destination: tuple[str, int],
+        destination: Destination,
         *,
         randomisation_s: int = 0,
         retries: int = 0,
@@ -129,7 +154,7 @@ class PushChannel:
         self,
         previous: asyncio.Task[None] | None,
         frame: bytes,
-        destination: tuple[str, int],
+        destination: Destination,
         delay: float,
         retries: int,
         repetition_delay_s: float,
@@ -138,8 +163,15 @@ class PushChannel:
             await asyncio.wait([previous])  # keep counter order; the previous one's outcome does not matter
         if delay:
             await asyncio.sleep(delay)
+        transport, host, port = destination
+        if transport is TransportService.UDP:  # unacknowledged: one try, and "sent" only means it left
+            if send_datagram(host, port, frame):
+                self.sent += 1
+            else:
+                self.failed += 1
+            return
         for attempt in range(retries + 1):
-            if await send_push(*destination, frame):
+            if await send_push(host, port, frame):
                 self.sent += 1
                 return
             if attempt < retries:

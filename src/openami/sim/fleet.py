@@ -26,6 +26,7 @@ from openami.sim.topology import Topology, build_topology
 __all__ = [
     "DEFAULT_PORT",
     "MAX_METERS_PER_PROCESS",
+    "PUSH_TRANSPORTS",
     "FaultKind",
     "Fleet",
     "FleetConfig",
@@ -36,6 +37,7 @@ __all__ = [
 
 DEFAULT_PORT = 4059  # IANA port of the DLMS/COSEM TCP wrapper (IEC 62056-47)
 MAX_METERS_PER_PROCESS = 5_000  # listeners per worker: well under the 20,000 open files of a process
+PUSH_TRANSPORTS = ("tcp", "udp")
 MODEL = "openami-sim-e1"
 FIRMWARE = "1.0.0"
 MANUFACTURER_ID = b"OAM"  # first 3 bytes of every system title (the FLAG manufacturer ID slot)
@@ -76,6 +78,8 @@ class FleetConfig:
     push_host: str | None = None
     """Where every meter pushes its events (the head-end's push listener); None: meters only log them."""
     push_port: int = 0
+    push_transport: str = "tcp"
+    """How meters push: "tcp" (a connection per notification) or "udp" (a datagram per notification)."""
     check_meters: bool = False
     """Add a check meter at each transformer (after the customers' meters, one index per transformer)."""
 
@@ -88,6 +92,8 @@ class FleetConfig:
             raise ValueError(f"port {self.port} leaves no room for {self.meters} meters")
         if not 1 <= self.days <= 3660 or self.max_meters_per_process < 1:
             raise ValueError("days must be 1-3660 and max_meters_per_process positive")
+        if self.push_transport not in PUSH_TRANSPORTS:
+            raise ValueError(f"push_transport is one of {', '.join(PUSH_TRANSPORTS)}")
 
 
 @dataclass(frozen=True, slots=True)

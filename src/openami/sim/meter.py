@@ -42,7 +42,7 @@ from openami.protocols.dlms.cosem import (
     SecuritySetup,
 )
 from openami.protocols.dlms.cosem.clock import utc_now
-from openami.protocols.dlms.cosem.push_setup import PushSetup
+from openami.protocols.dlms.cosem.push_setup import PushSetup, TransportService
 from openami.protocols.dlms.push import MAX_SEQUENCE, PushedEvent, encode_push
 from openami.protocols.dlms.server import ServerConfig, ServerSecurity, ServerSession, management_client, public_client
 from openami.sim.events import EventLog, PushChannel
@@ -78,6 +78,8 @@ class MeterConfig:
     push_host: str | None = None
     """Where the meter pushes its events (the head-end's push listener); None: it only logs them."""
     push_port: int = 0
+    push_transport: TransportService = TransportService.TCP
+    """TCP (a connection per notification) or UDP (one datagram each, never acknowledged)."""
     authority_certificate: bytes | None = field(default=None, repr=False)
     """DER of the command authority's certificate the meter pins; None: it refuses every signed command."""
 
@@ -223,7 +225,7 @@ class SimulatedMeter:
 
     def _push(self, events: list[PushedEvent], *, last_gasp: bool = False) -> bool:
         """Cipher one notification now (taking the next invocation counter) and queue it for sending."""
-        destination = self.push_setup.tcp_destination()
+        destination = self.push_setup.ip_destination()
         if destination is None:
             return False
         security = self.security
@@ -306,13 +308,15 @@ def _push_setup(config: MeterConfig) -> PushSetup:
     ``PUSH_RETRIES`` more times, ``PUSH_REPETITION_DELAY_S`` apart, as a real meter's Push Setup is
     configured (a last gasp still gets one try: the meter has no energy for more)."""
     destination = f"{config.push_host}:{config.push_port}".encode() if config.push_host else b""
-    return PushSetup(
+    setup = PushSetup(
         obis.PUSH_SETUP,
         push_objects=[CaptureObject(40, obis.PUSH_SETUP, 1), CaptureObject(7, obis.EVENT_LOG, 2)],
         destination=destination,
         number_of_retries=PUSH_RETRIES,
         repetition_delay=PUSH_REPETITION_DELAY_S,
     )
+    setup.transport = config.push_transport
+    return setup
 
 
 class _KeyHolder:

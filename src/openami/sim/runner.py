@@ -162,7 +162,7 @@ def _spawn(meters: tuple[SimMeter, ...], config: FleetConfig) -> _Worker:
         "report_ports": config.port == 0,
         "meters": [m.to_json() for m in meters],
         "authority_certificate_pem": config.authority_certificate_pem,
-        "push": [config.push_host, config.push_port] if config.push_host else None,
+        "push": [config.push_host, config.push_port, config.push_transport] if config.push_host else None,
     }
     process.stdin.write(json.dumps(job, separators=(",", ":")).encode() + b"\n")
     process.stdin.flush()  # and keep it open: its EOF tells the worker that the parent is gone
@@ -253,6 +253,7 @@ async def run_fleet_in_process(
         days=config.days,
         authority_certificate_pem=config.authority_certificate_pem,
         push=(config.push_host, config.push_port) if config.push_host else None,
+        push_transport=config.push_transport,
         hosted=None if control is None else control.hosted,
     ) as ports:
         if ready is not None and not ready.done():
@@ -273,6 +274,7 @@ async def _worker(job: dict[str, Any], stdin: StdinLines) -> None:
         days=job["days"],
         authority_certificate_pem=job.get("authority_certificate_pem"),
         push=(str(push[0]), int(push[1])) if push else None,
+        push_transport=str(push[2]) if push else "tcp",
         hosted=hosted,
     ) as ports:
         # control lines are only read once every meter is served: the parent sends none before ``ready``

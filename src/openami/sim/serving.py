@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from openami.protocols.dlms.aio import SessionLike, start_server
+from openami.protocols.dlms.cosem.push_setup import TransportService
 from openami.protocols.dlms.signed_command import certificate_der_from_pem
 from openami.sim.fleet import FaultKind, SimMeter
 from openami.sim.loadshape import LoadModel
@@ -85,11 +86,12 @@ def build_meter(
     days: int,
     authority_certificate: bytes | None = None,
     push: tuple[str, int] | None = None,
+    push_transport: str = "tcp",
 ) -> tuple[SimulatedMeter, Callable[[], SessionLike]]:
     """The simulated meter of ``spec`` (faults applied) and the session factory to serve it with.
 
     ``authority_certificate``: DER of the command authority's certificate the meter pins. ``push``:
-    where the meter pushes its events (check meters never push).
+    where the meter pushes its events (check meters never push), over ``push_transport`` ("tcp", "udp").
     """
     push_host, push_port = push if push is not None and spec.check_for_transformer is None else (None, 0)
     meter = SimulatedMeter(
@@ -104,6 +106,7 @@ def build_meter(
             kek=spec.kek,
             push_host=push_host,
             push_port=push_port,
+            push_transport=TransportService.UDP if push_transport == "udp" else TransportService.TCP,
             authority_certificate=authority_certificate,
         )
     )
@@ -130,12 +133,13 @@ async def serve_meters_of(
     warm: bool = True,
     authority_certificate_pem: str | None = None,
     push: tuple[str, int] | None = None,
+    push_transport: str = "tcp",
     hosted: HostedMeters | None = None,
 ) -> AsyncIterator[dict[int, int]]:
     """Serve ``meters`` in the running loop; yields {meter index: bound port}; closes them on exit.
 
-    ``push``: where the meters push events; ``hosted`` (if given) is filled with the meters served,
-    for the control channel.
+    ``push``: where the meters push events (over ``push_transport``); ``hosted`` (if given) is filled
+    with the meters served, for the control channel.
 
     ``warm`` computes each meter's registers over its whole history before it listens (about 1 µs
     per interval), so that the first read costs what every later read costs.
@@ -145,7 +149,9 @@ async def serve_meters_of(
     pinned = None if authority_certificate_pem is None else certificate_der_from_pem(authority_certificate_pem)
     try:
         for spec in meters:
-            meter, factory = build_meter(spec, days=days, authority_certificate=pinned, push=push)
+            meter, factory = build_meter(
+                spec, days=days, authority_certificate=pinned, push=push, push_transport=push_transport
+            )
             if hosted is not None:
                 hosted.meters[spec.index] = meter
                 if spec.check_for_transformer is not None:

@@ -1,6 +1,7 @@
 """The push listener on loopback: authenticated notifications stored and published once; everything
 else (unknown system title, wrong key, replayed counter, garbage, oversized frames) refused with a
-security event and nothing stored; a burst of 10,000 notifications stored without loss."""
+security event and nothing stored; a burst of 10,000 notifications stored without loss. The same over
+UDP, where a datagram that finds the queue full is dropped and counted instead of waiting."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from openami.domain.meters import CustomerClass
 from openami.headend.events import EventPipeline, Refusal
 from openami.headend.push_listener import PushListener
 from openami.headend.reader import MeterTarget, PendingKeys
+from openami.protocols.dlms.cosem.push_setup import TransportService
 from openami.protocols.dlms.push import PushedEvent, encode_push
 from openami.protocols.dlms.wrapper import encode_wrapper
 from openami.settings import PushSettings
+from openami.sim.meter import MeterConfig, SimulatedMeter
 from tests.integration.db.helpers import spec
 
 DEADLINE_S = 60.0
@@ -324,3 +327,90 @@ async def test_refusals_beyond_the_per_batch_bound_become_one_summary_event(engi
     assert len(rows) == 51
     assert [r["n"] for r in rows[:50]] == list(range(50))
     assert rows[50]["suppressed"] == 70
+
+
+# ------------------------------------------------------------------------------------------------ UDP
+
+
+async def _send_datagrams(address: tuple[str, int] | None, *datagrams: bytes) -> None:
+    assert address is not None, "the listener takes no datagrams"
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=address)
+    try:
+        for datagram in datagrams:
+            transport.sendto(datagram)
+    finally:
+        transport.close()
+
+
+async def _received(listener: PushListener, count: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while listener.datagrams < count:
+        assert loop.time() < deadline, f"only {listener.datagrams} of {count} datagrams arrived"
+        await asyncio.sleep(0.01)
+
+
+async def test_datagrams_are_authenticated_stored_and_refused_like_connections(rig: Rig) -> None:
+    a, b = sorted(rig.targets)[:2]
+    at = _now_s() - 20
+    good = rig.frame(a, [_event(EventCode.POWER_DOWN, at)])
+    assert rig.listener.udp_address == rig.listener.address  # one port number for both transports
+    await _send_datagrams(
+        rig.listener.udp_address,
+        good,
+        rig.frame(b, [_event(EventCode.COVER_OPENED, at + 1)], key=os.urandom(16)),  # wrong keys
+        good,  # replayed: its counter is not above the last accepted one
+        good + good,  # two frames in one datagram: not a UDP wrapper PDU
+        encode_wrapper(1, 1, good[8:]),  # addressed to a logical device, not to the push port
+        os.urandom(5),  # shorter than a wrapper header
+    )
+    await _received(rig.listener, 6)
+    await rig.settle(6)
+    assert _stored(rig.engine) == [(a, 1, at, "push")]
+    assert rig.published_keys() == [(a, 1, at)]
+    kinds = sorted(_security_events(rig.engine), key=str)
+    assert kinds == sorted([("meter.bad-tag", b), ("meter.replay", a)] + [("push.unknown-source", None)] * 3, key=str)
+    assert rig.pipeline.stats.dropped == 0
+
+
+async def test_datagrams_beyond_a_full_queue_are_dropped_and_counted_never_waited_for(engine: Engine) -> None:
+    settings = PushSettings(port=0, queue_size=10, workers=1)
+    targets = _targets(engine, 50)
+    pipeline = EventPipeline(engine, InProcessBus(), lambda: targets, settings)
+    listener = PushListener(pipeline, settings)
+    rig = Rig(engine, targets, pipeline, listener)
+    await listener.start()  # the pipeline's workers are not started yet: nothing leaves the queue
+    try:
+        at = _now_s() - 60
+        await _send_datagrams(
+            listener.udp_address, *(rig.frame(m, [_event(EventCode.POWER_DOWN, at)]) for m in targets)
+        )
+        await _received(listener, 50)
+        assert pipeline.queued == 10
+        assert pipeline.stats.dropped == 40
+        await pipeline.start()
+        await pipeline.drain()
+    finally:
+        await listener.stop()
+        await pipeline.stop()
+    assert len(_stored(engine)) == 10
+
+
+async def test_a_simulated_meter_configured_for_udp_pushes_datagrams_the_listener_accepts(rig: Rig) -> None:
+    meter_id = sorted(rig.targets)[0]
+    target = rig.targets[meter_id]
+    assert rig.listener.udp_address is not None
+    host, port = rig.listener.udp_address
+    meter = SimulatedMeter(
+        MeterConfig(target.serial, target.system_title, target.guek, target.gak, profile_days=1,
+                    push_host=host, push_port=port, push_transport=TransportService.UDP)
+    )  # fmt: skip
+    meter.record_event(EventCode.VOLTAGE_SWELL, 253.0)
+    meter.power_fail(last_gasp=True)
+    await meter.pushes.idle()
+    await _received(rig.listener, 2)
+    await rig.settle(2)
+    assert rig.listener.accepted == 0  # no TCP connection was opened
+    assert sorted((m, c) for m, c, _, _ in _stored(rig.engine)) == [(meter_id, 1), (meter_id, EventCode.VOLTAGE_SWELL)]
+    assert meter.pushes.sent == 2

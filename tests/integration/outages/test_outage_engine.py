@@ -46,6 +46,7 @@ class World:
     powered: set[int]
     feed: list[OutageChanged] = field(default_factory=list)
     pinged: list[int] = field(default_factory=list)
+    queued: int = 0  # what the engine is told waits in the event pipeline
 
     async def events(self, code: EventCode, meters: Iterable[int], meter_time: int | None = None) -> None:
         stamp = int(time.time()) if meter_time is None else meter_time
@@ -71,7 +72,9 @@ async def world(engine: Engine, tmp_path: Path) -> AsyncIterator[World]:
         holder[0].pinged.append(meter)
         return meter in powered
 
-    outages = OutageEngine(engine, platform.bus, platform.collector, FAST, pinger=pinger)
+    outages = OutageEngine(
+        engine, platform.bus, platform.collector, FAST, pinger=pinger, backlog=lambda: holder[0].queued
+    )
     w = World(platform, outages, ids, powered)
     holder.append(w)
 
@@ -204,6 +207,28 @@ async def test_restoration_verification_lists_meters_still_dark_and_opens_a_chil
     world.power_on(stays_dark)  # the transformer is repaired: its power-ups close the child
     await world.events(EventCode.POWER_UP, stays_dark)
     await _until(lambda: repo_state(world, child_id) == "restored", "the child's restoration")
+
+
+async def test_verification_waits_for_queued_events_then_verifies_every_due_outage_in_one_round(
+    world: World,
+) -> None:
+    feeders = [feeder_meters(world.ids, "SS1-F1"), feeder_meters(world.ids, "SS2-F1")]
+    every = [m for meters in feeders for m in meters]
+    world.power_off(every)
+    await world.events(EventCode.POWER_DOWN, _share(every, 0.3, 4), int(time.time()) - 30)
+    await _until(lambda: len(_outages(world, "open")) == 2, "the two feeder outages")
+    opened = _outages(world, "open")
+    world.pinged.clear()
+    world.queued = 500  # power-ups still wait in the pipeline's queue
+    world.power_on(every)
+    await world.events(EventCode.POWER_UP, [meters[0] for meters in feeders])  # one from each feeder so far
+    await asyncio.sleep(FAST.restore_settle_s * 2)
+    assert world.pinged == []  # due long ago, but the silent meters' power-ups may be queued: nobody pinged
+    assert {str(o.state) for o in _outages(world, "open")} == {"open"}
+    await world.events(EventCode.POWER_UP, [m for meters in feeders for m in meters[1:-1]])  # the queue drains
+    world.queued = 0
+    await _until(lambda: all(repo_state(world, o.id) == "restored" for o in opened), "both verifications")
+    assert sorted(world.pinged) == sorted(meters[-1] for meters in feeders)  # only the silent ones, once each
 
 
 async def test_a_transformer_outage_already_open_becomes_the_child_of_its_feeders_outage(world: World) -> None:

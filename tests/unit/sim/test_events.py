@@ -11,7 +11,7 @@ from openami.protocols.dlms import obis
 from openami.protocols.dlms.axdr import Enum, Float64, LongUnsigned, Structure, Unsigned
 from openami.protocols.dlms.cosem import CosemAccessError, PushSetup, Result
 from openami.protocols.dlms.cosem.profile import parse_time
-from openami.protocols.dlms.cosem.push_setup import parse_destination
+from openami.protocols.dlms.cosem.push_setup import TransportService, parse_destination
 from openami.protocols.dlms.errors import DlmsError
 from openami.sim import control
 from openami.sim.commissioning import commissioning_document, validate_commissioning
@@ -78,7 +78,7 @@ def test_push_setup_attributes_follow_the_blue_book_types() -> None:
     assert setup.get(3, view) == Structure((Enum(0), b"127.0.0.1:4060", Enum(0)))  # type: ignore[arg-type]
     assert setup.get(6, view) == Unsigned(2)  # type: ignore[arg-type]
     assert setup.get(7, view) == LongUnsigned(5)  # type: ignore[arg-type]
-    assert setup.tcp_destination() == ("127.0.0.1", 4060)
+    assert setup.ip_destination() == (TransportService.TCP, "127.0.0.1", 4060)
 
 
 def test_push_setup_refuses_a_destination_that_is_not_host_and_port() -> None:
@@ -87,7 +87,18 @@ def test_push_setup_refuses_a_destination_that_is_not_host_and_port() -> None:
         setup.set(3, Structure((Enum(0), b"nowhere", Enum(0))), None)  # type: ignore[arg-type]
     assert refused.value.result is Result.TYPE_UNMATCHED
     setup.set(3, Structure((Enum(0), b"[::1]:4061", Enum(0))), None)  # type: ignore[arg-type]
-    assert setup.tcp_destination() == ("::1", 4061)
+    assert setup.ip_destination() == (TransportService.TCP, "::1", 4061)
+    with pytest.raises(CosemAccessError):
+        setup.set(3, Structure((Enum(1), b"4059", Enum(0))), None)  # type: ignore[arg-type]
+
+
+def test_push_setup_takes_a_udp_destination_and_ignores_transports_without_one() -> None:
+    setup = PushSetup(obis.PUSH_SETUP)
+    setup.set(3, Structure((Enum(1), b"127.0.0.1:4059", Enum(0))), None)  # type: ignore[arg-type]
+    assert setup.ip_destination() == (TransportService.UDP, "127.0.0.1", 4059)
+    assert setup.get(3, None) == Structure((Enum(1), b"127.0.0.1:4059", Enum(0)))  # type: ignore[arg-type]
+    setup.set(3, Structure((Enum(4), b"+441234567890", Enum(0))), None)  # type: ignore[arg-type]
+    assert setup.ip_destination() is None  # an SMS number: not a destination this meter can push to
 
 
 def test_push_method_without_a_destination_is_a_temporary_failure() -> None:

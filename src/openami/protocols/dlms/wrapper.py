@@ -4,8 +4,9 @@
 
 The client's wPort is its SAP (1 management, 16 public), the server's the logical device (1).
 TCP delivers a byte stream, so ``WrapperFramer`` buffers: one read may carry part of a frame or
-several frames. The framer is sans-IO; transports feed it and take complete frames out. A
-``Framer`` protocol keeps the transport independent of the framing (HDLC can replace it later).
+several frames; over UDP a datagram carries exactly one frame (``decode_datagram``). The framer is
+sans-IO; transports feed it and take complete frames out. A ``Framer`` protocol keeps the transport
+independent of the framing (HDLC can replace it later).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "WrapperFrame",
     "WrapperFramer",
     "WrapperHeader",
+    "decode_datagram",
     "encode_wrapper",
 ]
 
@@ -80,6 +82,25 @@ def encode_wrapper(source_wport: int, dest_wport: int, apdu: bytes) -> bytes:
     if 0 <= source_wport <= 0xFFFF and 0 <= dest_wport <= 0xFFFF and len(apdu) <= 0xFFFF:
         return _HEADER.pack(WRAPPER_VERSION, source_wport, dest_wport, len(apdu)) + apdu
     return WrapperHeader(source_wport, dest_wport, len(apdu)).to_bytes() + apdu  # raises the EncodeError
+
+
+def decode_datagram(data: bytes, *, max_apdu_length: int = DEFAULT_MAX_APDU_LENGTH) -> WrapperFrame:
+    """The one frame a UDP datagram carries; DecodeError for a short datagram, a wrong version, a
+    length above ``max_apdu_length``, or a length that does not match the datagram's size."""
+    if len(data) < HEADER_SIZE:
+        raise DecodeError(f"datagram of {len(data)} bytes", offset=0, expected="8 header bytes")
+    version, source, dest, length = _HEADER.unpack_from(data)
+    if version != WRAPPER_VERSION:
+        raise DecodeError(f"wrapper version 0x{version:04X}", offset=0, expected=f"version 0x{WRAPPER_VERSION:04X}")
+    if length > max_apdu_length:
+        raise DecodeError(
+            f"wrapper APDU length {length} exceeds the limit", offset=6, expected=f"at most {max_apdu_length} bytes"
+        )
+    if HEADER_SIZE + length != len(data):
+        raise DecodeError(
+            f"wrapper length {length} in a datagram of {len(data)} bytes", offset=6, expected="one whole frame"
+        )
+    return WrapperFrame(source, dest, bytes(data[HEADER_SIZE:]))
 
 
 class Frame(Protocol):

@@ -16,7 +16,7 @@ from openami.protocols.dlms.cosem_time import CosemDateTime
 from openami.protocols.dlms.errors import DlmsError
 from openami.protocols.dlms.obis import Obis
 from openami.protocols.dlms.security import ReplayGuard, cipher_apdu, cipher_general_glo, decipher_apdu
-from openami.protocols.dlms.wrapper import WrapperFramer, encode_wrapper
+from openami.protocols.dlms.wrapper import WrapperFramer, decode_datagram, encode_wrapper
 
 from .test_acse import LLS_AARQ, PLAIN_AARE, aares, aarqs
 from .test_apdu import apdus
@@ -54,6 +54,7 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     "RLRE.decode": RLRE.decode,
     "decode_xdlms_initiate": decode_xdlms_initiate,
     "wrapper framer": _framer,
+    "decode_datagram": lambda data: decode_datagram(data, max_apdu_length=512),
     "decipher_apdu": _decipher,
     "decipher then decode": _decipher_and_decode,
     "CosemDateTime.from_bytes": CosemDateTime.from_bytes,
@@ -68,6 +69,7 @@ SEEDS = [
     bytes.fromhex("C402C1000000000100820102") + bytes(258),
     bytes.fromhex("13020206100c000000010002000000030004"),
     encode_wrapper(1, 1, bytes.fromhex("C001C100080000010000FF0200")) * 2,
+    encode_wrapper(1, 1, bytes.fromhex("C001C100080000010000FF0200")),
     cipher_apdu(LLS_AARQ, tag=0xC8, security_control=0x30, system_title=TITLE, invocation_counter=5, ek=EK, ak=AK),
     cipher_general_glo(
         b"\xc4\x01\xc1\x00\x11\x01", security_control=0x10, system_title=TITLE, invocation_counter=9, ek=EK, ak=AK

@@ -13,6 +13,7 @@ from openami.protocols.dlms.wrapper import (
     WrapperFrame,
     WrapperFramer,
     WrapperHeader,
+    decode_datagram,
     encode_wrapper,
 )
 
@@ -43,6 +44,21 @@ def test_framer_reassembles_a_frame_fed_byte_by_byte() -> None:
     assert framer.next_frame() == WrapperFrame(16, 1, GET_CLOCK)
     assert framer.next_frame() is None
     assert framer.buffered == 0
+
+
+def test_a_datagram_carries_exactly_one_frame() -> None:
+    frame = encode_wrapper(0x67, 0x66, GET_CLOCK)
+    assert decode_datagram(frame) == WrapperFrame(0x67, 0x66, GET_CLOCK)
+    with pytest.raises(DecodeError, match="one whole frame"):
+        decode_datagram(frame + frame)  # two frames in one datagram: not a UDP wrapper PDU
+    with pytest.raises(DecodeError, match="one whole frame"):
+        decode_datagram(frame[:-1])  # truncated
+    with pytest.raises(DecodeError, match="header"):
+        decode_datagram(frame[:5])
+    with pytest.raises(DecodeError, match="version"):
+        decode_datagram(b"\x00\x02" + frame[2:])
+    with pytest.raises(DecodeError, match="limit"):
+        decode_datagram(frame, max_apdu_length=len(GET_CLOCK) - 1)
 
 
 def test_framer_splits_coalesced_frames_from_one_read() -> None:

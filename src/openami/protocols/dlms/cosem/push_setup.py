@@ -7,8 +7,9 @@ of ``{start date-time, end date-time}``), 5 randomisation_start_interval (long-u
 asks the device to send a notification now; the object only calls the device's ``on_push``, the
 device does the sending (this package has no sockets).
 
-The destination of a TCP push is ``"host:port"`` in the octet-string (the DLMS UA convention for
-transport service 0, TCP); :func:`parse_destination` splits it.
+The destination of a TCP or UDP push is ``"host:port"`` in the octet-string (the DLMS UA convention
+for transport services 0, TCP, and 1, UDP: the IEC 62056-47 wrapper either way, one frame per UDP
+datagram); :func:`parse_destination` splits it.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ class MessageType(enum.IntEnum):
     XML_APDU = 1
 
 
+_IP_TRANSPORTS = frozenset({TransportService.TCP, TransportService.UDP})  # destinations are host:port
+
+
 def parse_destination(destination: bytes) -> tuple[str, int]:
-    """(host, port) of a TCP destination ``b"host:port"``; DlmsError when it is not one."""
+    """(host, port) of a TCP or UDP destination ``b"host:port"``; DlmsError when it is not one."""
     try:
         text = destination.decode("ascii")
         host, _, port_text = text.rpartition(":")
@@ -96,14 +100,15 @@ class PushSetup(CosemObject):
         self.repetition_delay = repetition_delay
         self.on_push = on_push
 
-    def tcp_destination(self) -> tuple[str, int] | None:
-        """Where to push over TCP, or None (no destination, or another transport, or unreadable)."""
-        if not self.destination or self.transport is not TransportService.TCP:
+    def ip_destination(self) -> tuple[TransportService, str, int] | None:
+        """(TCP or UDP, host, port) to push to, or None (no destination, another transport, or unreadable)."""
+        if not self.destination or self.transport not in _IP_TRANSPORTS:
             return None
         try:
-            return parse_destination(self.destination)
+            host, port = parse_destination(self.destination)
         except DlmsError:
             return None
+        return self.transport, host, port
 
     def _get(self, attribute: int, view: AssociationView, selector: int | None, parameters: Value) -> Value:
         if attribute == 2:
@@ -139,18 +144,18 @@ class PushSetup(CosemObject):
         message = as_int(value[2], 0, 0xFF, "message")
         if transport not in _TRANSPORTS or message not in _MESSAGES:
             raise CosemAccessError(Result.OTHER_REASON, "transport service or message type not supported")
-        if transport == TransportService.TCP and value[1]:
+        if transport in _IP_TRANSPORTS and value[1]:
             try:
                 parse_destination(value[1])
             except DlmsError:
-                raise CosemAccessError(Result.TYPE_UNMATCHED, "a TCP destination is host:port") from None
+                raise CosemAccessError(Result.TYPE_UNMATCHED, "a TCP or UDP destination is host:port") from None
         self.transport = TransportService(transport)
         self.destination = value[1]
         self.message = MessageType(message)
 
     def _action(self, method: int, parameters: Value, view: AssociationView) -> Value:
         as_int(parameters, -128, 127, "the push parameter")
-        if self.on_push is None or self.tcp_destination() is None:
+        if self.on_push is None or self.ip_destination() is None:
             raise CosemAccessError(Result.TEMPORARY_FAILURE, "no push destination")
         self.on_push()
         return None
