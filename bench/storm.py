@@ -165,6 +165,17 @@ def _failed_feeders(fleet: Fleet, share: float) -> list[str]:
     return chosen
 
 
+def _udp_receive_drops() -> int | None:
+    """Datagrams the kernel dropped for a full receive buffer, machine-wide (Linux /proc/net/snmp):
+    in this bench only the platform's push listener receives UDP."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text(encoding="ascii").splitlines()]
+    except OSError:
+        return None
+    header, values = [line for line in lines if line and line[0] == "Udp:"][:2]
+    return int(values[header.index("RcvbufErrors")])
+
+
 def _first_gasp(platform: Platform, since: float) -> float | None:
     with platform.engine.connect() as conn:
         found = conn.execute(
@@ -316,10 +327,14 @@ async def _run(platform: Platform, handle: FleetHandle, args: argparse.Namespace
     await probes.run(reads, commands, stop=lambda: time.perf_counter() > ends)
     result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands)}
     progress = asyncio.create_task(_report_progress(platform, console))
+    drops_before = _udp_receive_drops()
     try:
         result.update(await _storm(platform, handle, ids, args, console, probes))
     finally:
         progress.cancel()
+    drops_after = _udp_receive_drops()
+    if drops_before is not None and drops_after is not None:
+        result["udp_kernel_drops"] = drops_after - drops_before
     for kind in ("read", "command"):
         base, storm = result[f"{kind}_baseline_p99_s"], result[f"{kind}_storm_p99_s"]
         result[f"{kind}_p99_ratio"] = round(storm / base, 2) if base and not math.isnan(storm) else None

@@ -158,7 +158,7 @@ class PushSettings(BaseModel):
     backlog: int = Field(default=4096, ge=1, le=65_535)
     max_frame_bytes: int = Field(default=8192, ge=64, le=65_535)
     udp: bool = True
-    udp_receive_buffer_bytes: int = Field(default=32 * 1024 * 1024, ge=65_536, le=1024 * 1024 * 1024)
+    udp_receive_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=65_536, le=1024 * 1024 * 1024)
     idle_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
     future_tolerance_s: float = Field(default=3600.0, ge=0.0)
     commissioning_slack_s: float = Field(default=86_400.0, ge=0.0)
@@ -245,10 +245,12 @@ class OutageSettings(BaseModel):
     Last gasps are grouped until ``quiet_s`` pass without a new one, or ``settle_s`` after the first;
     the inference (``min_delivery``, ``spurious``, ``device_prior``) then names the failed devices, and
     up to ``ping_sample`` meters inside and ``ping_sample`` around each are pinged (``ping_timeout_s``)
-    to confirm, at most ``confirm_rounds`` times. Power back within ``momentary_s`` of the start is a
-    momentary outage. Restoration is verified ``restore_quiet_s`` after the last power-up (at most
-    ``restore_settle_s`` after the first). Webhook deliveries are tried ``webhook_attempts`` times,
-    waiting ``webhook_backoff_s`` (doubling) between tries, each with ``webhook_timeout_s``.
+    to confirm, at most ``confirm_rounds`` times and at most ``ping_budget`` meters a round (the biggest
+    suspected devices first: in a storm's first seconds hundreds of single meters are suspects too).
+    Power back within ``momentary_s`` of the start is a momentary outage. Restoration is verified
+    ``restore_quiet_s`` after the last power-up (at most ``restore_settle_s`` after the first).
+    Webhook deliveries are tried ``webhook_attempts`` times, waiting ``webhook_backoff_s`` (doubling)
+    between tries, each with ``webhook_timeout_s``.
     """
 
     enabled: bool = True
@@ -259,6 +261,7 @@ class OutageSettings(BaseModel):
     spurious: float = Field(default=1e-4, gt=0.0, lt=0.5)
     device_prior: float = Field(default=1e-3, gt=0.0, lt=1.0)
     ping_sample: int = Field(default=5, ge=0, le=1000)
+    ping_budget: int = Field(default=512, ge=1, le=100_000)
     ping_timeout_s: float = Field(default=2.0, gt=0.0, le=60.0)
     confirm_rounds: int = Field(default=2, ge=0, le=5)
     restore_quiet_s: float = Field(default=1.0, gt=0.0, le=600.0)

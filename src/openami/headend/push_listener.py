@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import time
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = ["PushListener"]
 
 _log = structlog.get_logger("openami.headend.push")
 _READ_SIZE = 4096
+_SO_RCVBUFFORCE_LINUX = 33  # <asm-generic/socket.h>; Python's socket module does not export it
 _DROP_WARNING_EVERY_S = 5.0  # a full queue under a UDP flood is logged at most this often
 
 
@@ -218,7 +220,7 @@ class _Datagrams(asyncio.DatagramProtocol):
 def _size_receive_buffer(sock: socket.socket, size: int) -> None:
     """Ask for ``size`` bytes of kernel buffer: beyond ``net.core.rmem_max`` only with CAP_NET_ADMIN
     (SO_RCVBUFFORCE, Linux); otherwise the kernel grants what the limit allows. What was granted is logged."""
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    force = getattr(socket, "SO_RCVBUFFORCE", _SO_RCVBUFFORCE_LINUX if sys.platform == "linux" else None)
     forced = False
     if force is not None:
         with contextlib.suppress(PermissionError):

@@ -345,7 +345,10 @@ class OutageEngine:
         """Ping samples inside and around each suspect; adds to ``dark``/``alive``; False if nothing to ask."""
         rng = random.Random(len(dark))  # noqa: S311 - sampling, not security
         wanted: set[int] = set()
-        for suspect in suspects:
+        budget = self._settings.ping_budget
+        for suspect in sorted(suspects, key=lambda s: (-s.size, -s.dark, s.id)):  # the biggest devices first
+            if len(wanted) >= budget:
+                break  # a storm's many small suspects: the rest stand on their last gasps alone
             inside = self._meters_of(suspect)
             if suspect.kind == DeviceKind.METER:
                 wanted.update(m for m in inside if m not in alive)
