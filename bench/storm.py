@@ -101,6 +101,7 @@ class Probes:
         self.read_ids = list(read_ids)
         self.switch_ids = list(switch_ids)
         self.failures = 0
+        self.slowest: dict[str, float] = {}  # where the slowest command's time went
 
     async def read(self, meter_id: int, into: list[float]) -> None:
         started = time.perf_counter()
@@ -120,11 +121,20 @@ class Probes:
         except OpenAmiError:  # e.g. the previous command of this meter is still in flight
             self.failures += 1
             return
+        submitted = time.perf_counter()
         done = await switch_services.wait_for(self.platform, view.id, 90)
         if done.status != "confirmed":
             self.failures += 1
             return
-        into.append(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        into.append(took)
+        if took > self.slowest.get("total_s", 0.0) and done.sent_at and done.confirmed_at:
+            self.slowest = {
+                "total_s": round(took, 3),
+                "submit_s": round(submitted - started, 3),
+                "queued_s": round((done.sent_at - done.created_at).total_seconds(), 3),
+                "meter_s": round((done.confirmed_at - done.sent_at).total_seconds(), 3),
+            }
 
     async def run(self, reads: list[float], commands: list[float], stop: Callable[[], bool] | None = None) -> None:
         """One pass over every probe (reads and commands interleaved), or passes until ``stop()``."""
@@ -339,6 +349,7 @@ async def _run(platform: Platform, handle: FleetHandle, args: argparse.Namespace
         base, storm = result[f"{kind}_baseline_p99_s"], result[f"{kind}_storm_p99_s"]
         result[f"{kind}_p99_ratio"] = round(storm / base, 2) if base and not math.isnan(storm) else None
     result["probe_failures"] = probes.failures
+    result["slowest_command"] = probes.slowest
     if platform.events is not None:
         stats = platform.events.stats
         result.update({"events_received": stats.received, "events_stored": stats.stored,

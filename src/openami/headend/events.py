@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from openami.bus.base import Bus
 from openami.bus.topics import METER_EVENTS
 from openami.db import meter_events as events_repo
+from openami.db.engine import bulk_writes
 from openami.db.meter_events import EventRow, StoreOutcome
 from openami.domain.meter_events import EventCode, MeterEvent, MeterEvents
 from openami.errors import OpenAmiError
@@ -309,7 +310,7 @@ class EventPipeline:
     def _store(self, batch: _Batch) -> StoreOutcome:
         """One transaction: events, push counters, a security event per refusal and per unknown meter."""
         moment = self._now()
-        with self._engine.begin() as conn:
+        with bulk_writes(), self._engine.begin() as conn:  # commands and on-demand reads write first
             outcome = events_repo.store_events(
                 conn,
                 batch.rows,

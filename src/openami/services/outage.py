@@ -33,9 +33,10 @@ import contextlib
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import structlog
 from sqlalchemy.engine import Connection, Engine
@@ -58,6 +59,8 @@ _log = structlog.get_logger("openami.outages")
 Pinger = Callable[[int], Awaitable[bool]]
 _SEEN_MAX = 200_000  # remembered event identities for de-duplication
 _RELOAD_AFTER_S = 30.0  # a gasp from a meter outside the loaded grid reloads it, at most this often
+_ROWS_PER_TRANSACTION = 5_000  # affected meters written per transaction (see _write_chunked)
+_T = TypeVar("_T")
 _BACKLOG_WAIT_MAX_S = 60.0  # verification waits for queued events at most this long past its due time
 
 
@@ -381,18 +384,22 @@ class OutageEngine:
         alive: set[int],
         pings: list[int],
     ) -> None:
+        below = self._open_below()
+        opening = [s for s in confirmed if not any(m in alive for m in self._meters_of(s))]  # else a ping answered
+
+        def write_momentary(conn: Connection, suspect: Suspect) -> list[tuple[OutageRecord, str]]:
+            return [(self._insert(conn, suspect, gasps, back, OutageState.MOMENTARY, (0, 0)), "momentary")]
+
+        def write_open(conn: Connection, suspect: Suspect) -> list[tuple[OutageRecord, str]]:
+            record = self._insert(conn, suspect, gasps, set(), OutageState.OPEN, (pings[0], pings[1]))
+            return [(record, "opened"), *self._adopt(conn, record, below)]
+
         def write() -> list[tuple[OutageRecord, str]]:
-            done: list[tuple[OutageRecord, str]] = []
-            with self._engine.begin() as conn:
-                for suspect in momentary:
-                    done.append((self._insert(conn, suspect, gasps, back, OutageState.MOMENTARY, (0, 0)), "momentary"))
-                for suspect in confirmed:
-                    if any(m in alive for m in self._meters_of(suspect)):
-                        continue  # a ping answered inside: not this device
-                    record = self._insert(conn, suspect, gasps, set(), OutageState.OPEN, (pings[0], pings[1]))
-                    done.append((record, "opened"))
-                    done += self._adopt(conn, record)
-            return done
+            return self._write_chunked(
+                [(s, write_momentary) for s in momentary] + [(s, write_open) for s in opening],
+                lambda item: len(self._meters_of(item[0])),
+                lambda conn, item: item[1](conn, item[0]),
+            )
 
         results = await asyncio.to_thread(write)
         for record, change in results:
@@ -442,15 +449,46 @@ class OutageEngine:
             return AffectedMeter(meter, state, gasped, restored_at=at, restored_by=by)
         return AffectedMeter(meter, state, gasped, place.premise_id, place.critical_care, at, by)
 
-    def _adopt(self, conn: Connection, record: OutageRecord) -> list[tuple[OutageRecord, str]]:
+    def _open_below(self) -> dict[Device, list[int]]:
+        """For every device above an open outage's device, the open outages below it."""
+        below: dict[Device, list[int]] = {}
+        for state in self._open.values():
+            for ancestor in self.grid.ancestors(state.device):
+                below.setdefault(ancestor, []).append(state.id)
+        return below
+
+    def _adopt(
+        self, conn: Connection, record: OutageRecord, below: dict[Device, list[int]]
+    ) -> list[tuple[OutageRecord, str]]:
         """Open outages of devices below the new one become its children (nested outages)."""
-        device = (record.device_kind, record.device_id)
         done = []
-        for state in list(self._open.values()):
-            if device in set(self.grid.ancestors(state.device)):
-                child = repo.get_outage(conn, state.id)
-                if child.parent_id is None:
-                    done.append((repo.change(conn, state.id, now=self._now(), parent_id=record.id), "nested"))
+        for outage_id in below.get((record.device_kind, record.device_id), ()):
+            child = repo.get_outage(conn, outage_id)
+            if child.parent_id is None:
+                done.append((repo.change(conn, outage_id, now=self._now(), parent_id=record.id), "nested"))
+        return done
+
+    def _write_chunked(
+        self,
+        items: Sequence[_T],
+        rows_of: Callable[[_T], int],
+        write_one: Callable[[Connection, _T], list[tuple[OutageRecord, str]]],
+    ) -> list[tuple[OutageRecord, str]]:
+        """Write ``items`` in transactions of about ``_ROWS_PER_TRANSACTION`` affected meters: each item
+        (an outage and its meters) is whole in one transaction, and a storm's thousands of outages
+        never hold the database's write lock for seconds while a switch command or an on-demand read
+        waits for it. Not a bulk writer (``db.engine.bulk_writes``): the OMS waits for these too."""
+        done: list[tuple[OutageRecord, str]] = []
+        start = 0
+        while start < len(items):
+            end, rows = start, 0
+            while end < len(items) and (end == start or rows + rows_of(items[end]) <= _ROWS_PER_TRANSACTION):
+                rows += rows_of(items[end])
+                end += 1
+            with self._engine.begin() as conn:
+                for item in items[start:end]:
+                    done += write_one(conn, item)
+            start = end
         return done
 
     # -- restoration -------------------------------------------------------------------------------------------
@@ -472,13 +510,12 @@ class OutageEngine:
                 self._open[other].restored.add(meter)
         plans = [self._plan_verification(state, silent[state.id], answered) for state in states]
 
+        now = self._now()
+
         def write() -> list[tuple[OutageRecord, str]]:
-            now = self._now()
-            done: list[tuple[OutageRecord, str]] = []
-            with self._engine.begin() as conn:
-                for plan in plans:
-                    done += self._write_verification(conn, plan, now)
-            return done
+            return self._write_chunked(
+                plans, lambda plan: len(plan.state.meters), lambda conn, plan: self._write_verification(conn, plan, now)
+            )
 
         results = await asyncio.to_thread(write)
         still_of = {plan.state.id: plan.still for plan in plans}
