@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -234,16 +235,18 @@ class _Meter:
     area: str | None
 
 
+_METER = (  # built once: a submission's CPU is mostly building statements otherwise
+    sa.select(meters.c.id, meters.c.kind, meters.c.system_title, feeders.c.substation_id)
+    .select_from(meters)
+    .outerjoin(service_points, service_points.c.id == meters.c.service_point_id)
+    .outerjoin(transformers, transformers.c.id == service_points.c.transformer_id)
+    .outerjoin(feeders, feeders.c.id == transformers.c.feeder_id)
+    .where(meters.c.id == sa.bindparam("meter_id"))
+)
+
+
 def _meter(conn: Connection, meter_id: int) -> _Meter:
-    stmt = (
-        sa.select(meters.c.id, meters.c.kind, meters.c.system_title, feeders.c.substation_id)
-        .select_from(meters)
-        .outerjoin(service_points, service_points.c.id == meters.c.service_point_id)
-        .outerjoin(transformers, transformers.c.id == service_points.c.transformer_id)
-        .outerjoin(feeders, feeders.c.id == transformers.c.feeder_id)
-        .where(meters.c.id == meter_id)
-    )
-    row = conn.execute(stmt).one_or_none()
+    row = conn.execute(_METER, {"meter_id": meter_id}).one_or_none()
     if row is None:
         raise NotFound(f"meter {meter_id} does not exist")
     return _Meter(int(row[0]), str(row[1]), bytes(row[2]), row[3])
@@ -338,15 +341,16 @@ def _insert(  # noqa: PLR0913 - the parts of one signed command, all needed
     batch_id: int | None,
     idempotency_key: str | None,
     now: datetime,
-) -> int:
-    """Take the next counter, sign, insert and audit one command (in the caller's transaction)."""
+) -> CommandRow:
+    """Take the next counter, sign, insert and audit one command (in the caller's transaction); returns
+    the row as inserted (no read back: the caller builds its view from it)."""
     counter = authority_core.take_counter(conn)
     execute_at, not_after = window
     envelope = Envelope(meter.system_title, _SIGNED[request.command], counter, execute_at - _CLOCK_SKEW, not_after,
                         request.limit)  # fmt: skip
     signed = authority.sign(envelope)
     limit = request.limit
-    command_id = repo.insert_command(
+    row = repo.insert_command_row(
         conn,
         {
             "meter_id": meter.id, "command": request.command, "status": status, "counter": counter,
@@ -362,7 +366,7 @@ def _insert(  # noqa: PLR0913 - the parts of one signed command, all needed
         },
     )  # fmt: skip
     details: dict[str, str | int | float | bool | None] = {
-        "command_id": command_id, "command": request.command, "counter": counter, "status": status,
+        "command_id": row.id, "command": request.command, "counter": counter, "status": status,
         "reason": request.reason, "batch_id": batch_id, "workflow": request.workflow,
         "execute_at": execute_at.isoformat(), "not_after": not_after.isoformat(),
     }  # fmt: skip
@@ -371,7 +375,7 @@ def _insert(  # noqa: PLR0913 - the parts of one signed command, all needed
     entry = audit.AuditEntry(scope.principal, ACTIONS[request.command], "ok", resource=f"meter:{meter.id}",
                              purpose=request.purpose, details=details)  # fmt: skip
     audit.record(conn, entry, now=now)
-    return command_id
+    return row
 
 
 def _audit_refusal(platform: Platform, scope: RequestScope, action: str, resource: str, error: Exception) -> None:
@@ -456,14 +460,17 @@ def _submit(
         admission = switch_guard.admit(conn, scope, requests[0].command, [m.id for m in found], now=now)
         status = "queued" if admission.state == "admitted" else "awaiting-approval"
         batch_id = admission.batch_id if admission.batch_id is not None else requests[0].batch_id
-        ids = []
-        for request, meter, window, key in zip(requests, found, windows, keys, strict=True):
-            ids.append(_insert(conn, authority, scope, request, meter, window, status=status, batch_id=batch_id,
-                               idempotency_key=key, now=now))  # fmt: skip
-        if batch_id is None and len(ids) > 1:  # a batch of its own: named after its first command
-            batch_id = ids[0]
+        rows = [
+            _insert(conn, authority, scope, request, meter, window, status=status, batch_id=batch_id,
+                    idempotency_key=key, now=now)
+            for request, meter, window, key in zip(requests, found, windows, keys, strict=True)
+        ]  # fmt: skip
+        if batch_id is None and len(rows) > 1:  # a batch of its own: named after its first command
+            batch_id = rows[0].id
+            ids = [row.id for row in rows]
             conn.execute(sa.update(switch_commands).where(switch_commands.c.id.in_(ids)).values(batch_id=batch_id))
-        return [_view(repo.get_command(conn, command_id)) for command_id in ids]
+            rows = [dataclasses.replace(row, batch_id=batch_id) for row in rows]
+        return [_view(row) for row in rows]
 
 
 def _batch_keys(idempotency_key: str | None, count: int) -> list[str | None]:
@@ -532,11 +539,11 @@ def cancel_command(
         moved = _move(
             conn, row, _WAITING, "cancelled", {"failure_reason": reason[:255]}, actor=scope.principal, now=now
         )
-        if not moved:
+        if moved is None:
             raise CommandNotCancellable(
                 f"command {command_id} is {row.status}: only a command not sent can be cancelled"
             )
-        view = _view(repo.get_command(conn, command_id))
+        view = _view(moved)
     if platform.commands is not None:
         platform.commands.submitted([view])
     return view
@@ -546,7 +553,7 @@ def release_batch(conn: Connection, batch_id: int, *, actor: str, now: datetime)
     """For the guard's ``approve``: queue every command of a batch awaiting approval (audited); returns how many."""
     rows = repo.list_commands(conn, batch_id=batch_id, status="awaiting-approval", limit=1_000_000)
     return sum(_move(conn, row, ("awaiting-approval",), "queued", {"queued_at": now}, actor=actor, now=now)
-               for row in rows)  # fmt: skip
+               is not None for row in rows)  # fmt: skip
 
 
 def _move(
@@ -558,13 +565,15 @@ def _move(
     *,
     actor: str,
     now: datetime,
-) -> bool:
-    """One status transition and its audit entry, in ``conn``; False when the command had moved on."""
+) -> CommandRow | None:
+    """One status transition and its audit entry, in ``conn``; returns the command as it is after it
+    (so no caller reads it again), or None when the command had moved on (nothing written)."""
     stamp = {"sent": "sent_at", "confirmed": "confirmed_at", "failed": "failed_at", "expired": "expired_at",
              "cancelled": "cancelled_at"}.get(status)  # fmt: skip
     values = {**values, "status": status, "updated_at": now} | ({stamp: now} if stamp else {})
-    if not repo.transition(conn, row.id, from_statuses, values):
-        return False
+    moved = repo.transition(conn, row.id, from_statuses, values)
+    if moved is None:
+        return None
     details: dict[str, str | int | float | bool | None] = {
         "command_id": row.id, "command": row.command, "from": row.status, "status": status, "counter": row.counter,
         "reason": values.get("failure_reason"),
@@ -574,7 +583,7 @@ def _move(
     outcome = "failed" if status in ("failed", "expired") else "ok"
     entry = audit.AuditEntry(actor, "switch.status", outcome, resource=f"meter:{row.meter_id}", details=details)
     audit.record(conn, entry, now=now)
-    return True
+    return moved
 
 
 async def wait_for(platform: Platform, command_id: int, timeout_s: float) -> CommandView:
@@ -667,17 +676,18 @@ def broadcast_mode(
         found = [m for m in every if m.kind == MeterKind.ELECTRIC]
         # the new commands first: they take the authority's counter before anything is audited, the
         # order ``submit`` takes those locks in (the other order could deadlock on PostgreSQL)
-        ids = [
+        created = [
             _insert(conn, authority, scope, CommandRequest(m.id, command, reason=reason[:255] or command,
                     priority=MODE_PRIORITY, purpose="safety", workflow="guard"), m, window, status="queued",
                     batch_id=None, idempotency_key=None, now=now)
             for m in found
         ]  # fmt: skip
+        ids = {row.id for row in created}
         for row in repo.open_commands_of(conn, {m.id for m in found}, ("queued",)):
             if _GROUP[row.command] == "mode" and row.id not in ids:
                 _move(conn, row, ("queued",), "cancelled", {"failure_reason": f"superseded by {command}"},
                       actor=scope.principal, now=now)  # fmt: skip
-        views = [_view(repo.get_command(conn, command_id)) for command_id in ids]
+        views = [_view(row) for row in created]
     if platform.commands is not None:
         platform.commands.submitted(views)
     return views

@@ -187,8 +187,9 @@ class CommandQueue:
                 why = "its validity ended before it could be sent"
                 if row.attempts and row.failure_reason:  # tried: the meter never answered
                     why = f"the meter did not answer before the command expired ({row.failure_reason})"
-                if _move(conn, row, _WAITING, "expired", {"failure_reason": why[:255]}, actor=_SYSTEM, now=now):
-                    expired.append(_view(repo.get_command(conn, row.id)))
+                moved = _move(conn, row, _WAITING, "expired", {"failure_reason": why[:255]}, actor=_SYSTEM, now=now)
+                if moved is not None:
+                    expired.append(_view(moved))
         return expired
 
     async def _send(self, sending: CommandRow) -> None:
@@ -253,9 +254,7 @@ class CommandQueue:
         values: dict[str, Any] = {"attempts": row.attempts + 1}
         if counter is not None:
             values |= _resign(conn, self._platform, row, counter, now)
-        if not _move(conn, row, ("queued",), "sent", values, actor=_SYSTEM, now=now):
-            return None  # taken by another process meanwhile
-        return repo.get_command(conn, row.id)
+        return _move(conn, row, ("queued",), "sent", values, actor=_SYSTEM, now=now)  # None: taken meanwhile
 
     async def _record(self, step: _Step, row: CommandRow, *args: Any) -> CommandView:
         """Record an outcome; outcomes that arrive together are written in ONE transaction (group commit):
@@ -294,11 +293,11 @@ class CommandQueue:
         retry_at = now + timedelta(seconds=backoff)
         if retry_at > row.not_after:
             why = f"the meter did not answer before the command expired ({error})"[:255]
-            _move(conn, row, ("sent",), "expired", {"failure_reason": why}, actor=_SYSTEM, now=now)
+            moved = _move(conn, row, ("sent",), "expired", {"failure_reason": why}, actor=_SYSTEM, now=now)
         else:
-            _move(conn, row, ("sent",), "queued", {"failure_reason": error[:255], "next_attempt_at": retry_at},
-                  actor=_SYSTEM, now=now)  # fmt: skip
-        return _view(repo.get_command(conn, row.id))
+            moved = _move(conn, row, ("sent",), "queued", {"failure_reason": error[:255], "next_attempt_at": retry_at},
+                          actor=_SYSTEM, now=now)  # fmt: skip
+        return _current(conn, row, moved)
 
     def _finish_failed(
         self, conn: Connection, row: CommandRow, why: str, refusal: str | None, *, now: datetime
@@ -306,8 +305,7 @@ class CommandQueue:
         values: dict[str, Any] = {"failure_reason": why[:255]}
         if refusal is not None:
             values["refusal"] = refusal
-        _move(conn, row, ("sent",), "failed", values, actor=_SYSTEM, now=now)
-        return _view(repo.get_command(conn, row.id))
+        return _current(conn, row, _move(conn, row, ("sent",), "failed", values, actor=_SYSTEM, now=now))
 
     def _settle(self, conn: Connection, row: CommandRow, outcome: CommandOutcome, *, now: datetime) -> CommandView:
         if outcome.confirmation is None:
@@ -323,8 +321,13 @@ class CommandQueue:
         if outcome.final_read is not None:
             f = outcome.final_read
             values |= {"final_import_wh": f.import_wh, "final_export_wh": f.export_wh, "final_read_at": f.read_at}
-        _move(conn, row, ("sent",), "confirmed", values, actor=_SYSTEM, now=now)
-        return _view(repo.get_command(conn, row.id))
+        return _current(conn, row, _move(conn, row, ("sent",), "confirmed", values, actor=_SYSTEM, now=now))
+
+
+def _current(conn: Connection, row: CommandRow, moved: CommandRow | None) -> CommandView:
+    """The command after an outcome's transition; read again only when the transition did not apply
+    (another process moved it: what it is now is what the waiter should see)."""
+    return _view(moved if moved is not None else repo.get_command(conn, row.id))
 
 
 def _overtaken(conn: Connection, row: CommandRow) -> bool:
