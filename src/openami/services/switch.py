@@ -418,6 +418,8 @@ def submit_batch(
             raise
         views = _submit(platform, scope, requests, idempotency_key, now)
     except (InvalidInput, NotFound, Conflict) as exc:
+        if isinstance(exc, switch_guard.GuardRefused) and not exc.audited:  # refused under SQLite's write lock
+            switch_guard.record_refusal(platform.engine, scope, exc, now=now)
         _audit_refusal(platform, scope, action, resource, exc)
         raise
     if platform.commands is not None:
