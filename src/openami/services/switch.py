@@ -70,6 +70,7 @@ __all__ = [
     "submit",
     "submit_batch",
     "wait_for",
+    "wait_until_set",
 ]
 
 _log = structlog.get_logger("openami.services")
@@ -589,21 +590,50 @@ def _move(
 
 
 async def wait_for(platform: Platform, command_id: int, timeout_s: float) -> CommandView:
-    """The command once it is final (confirmed, failed, expired, cancelled), or as it is after ``timeout_s``."""
+    """The command once it is final (confirmed, failed, expired, cancelled), or as it is after ``timeout_s``.
+
+    A command submitted in this process is not read at all: the queue hands its waiters the final
+    status it records. Otherwise (or when another process's queue took it) it is read now and then.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    read = platform.commands is None or not platform.commands.in_flight_here(command_id)
     while True:
         queue = platform.commands
-        final = None if queue is None else queue.final_event(command_id)  # before the read: no change is missed
-        view = await (asyncio.to_thread if queue is None else queue.db)(_load_view, platform, command_id)
-        remaining = deadline - loop.time()
-        if view.final or remaining <= 0:
-            return view
-        if final is None:
+        waiting = None if queue is None else queue.waiting(command_id)  # before the read: no change is missed
+        if read:
+            view = await _read_view(platform, command_id)
+            if view.final or loop.time() >= deadline:
+                return view
+        remaining = max(0.0, deadline - loop.time())
+        if waiting is None:
             await asyncio.sleep(min(0.2, remaining))
         else:  # woken when this process finishes it; read again now and then (another process may have)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(final.wait(), min(2.0, remaining))
+            await wait_until_set(waiting.event, min(2.0, remaining))
+            if waiting.view is not None:
+                return waiting.view
+        read = True
+
+
+async def wait_until_set(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``event`` at most ``timeout_s``; True if it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives in the same loop
+    step as the event is set (it returns the result instead), so a task cancelled at shutdown just as
+    it is woken runs on, and whoever awaits it (``CommandQueue.stop``) waits forever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()
+
+
+async def _read_view(platform: Platform, command_id: int) -> CommandView:
+    queue = platform.commands
+    view = await (asyncio.to_thread if queue is None else queue.db)(_load_view, platform, command_id)
+    if view.final and queue is not None:
+        queue.settled_elsewhere(command_id)
+    return view
 
 
 def _load_view(platform: Platform, command_id: int) -> CommandView:

@@ -12,7 +12,6 @@ that makes it and published on ``bus.topics.COMMANDS_CHANGED``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from openami.bus.topics import COMMANDS_CHANGED
 from openami.db import commands as repo
 from openami.db.commands import CommandRow
 from openami.db.tables import meters
-from openami.domain.commands import FINAL_STATUSES, CommandChanged
+from openami.domain.commands import CommandChanged
 from openami.errors import MeterCommunicationError, NotFound
 from openami.headend.commands import CommandExecutor, CommandOutcome
 from openami.protocols.dlms.signed_command import Confirmation, Envelope, LimitParameters, Refusal, SignedCommand
@@ -44,9 +43,10 @@ from openami.services.switch import (
     _move,
     _view,
     ensure_authority,
+    wait_until_set,
 )
 
-__all__ = ["CommandQueue"]
+__all__ = ["CommandQueue", "Waiting"]
 
 _log = structlog.get_logger("openami.services")
 _T = TypeVar("_T")
@@ -54,6 +54,17 @@ _T = TypeVar("_T")
 
 _COALESCE_S = 0.02
 _Step = Callable[..., CommandView]  # an outcome's recording step: (queue, conn, row, *args, now=) -> view
+
+
+class Waiting:
+    """The waiters for one command's final status: ``event`` is set once this process recorded it, and
+    ``view`` is then the command as recorded (so no waiter reads it again)."""
+
+    __slots__ = ("event", "view")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.view: CommandView | None = None
 
 
 class CommandQueue:
@@ -64,7 +75,8 @@ class CommandQueue:
         self._settings = platform.settings.switch
         self.executor = CommandExecutor(platform.collector, slots=self._settings.slots, now=platform.now)
         self._wake = asyncio.Event()
-        self._final: dict[int, asyncio.Event] = {}  # command id -> its waiters' event
+        self._final: dict[int, Waiting] = {}  # command id -> its waiters
+        self._open: set[int] = set()  # submitted here, not final yet: their final status is published here
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="switch-db")
         self._outcomes: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -91,10 +103,11 @@ class CommandQueue:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        self._open.update(view.id for view in views if not view.final)  # before the caller can wait for one
 
         def notify() -> None:
             for view in views:
-                self._publish(_changed(view, view.created_at if view.status != "cancelled" else view.updated_at))
+                self._publish(view, view.created_at if view.status != "cancelled" else view.updated_at)
             self._wake.set()
 
         try:
@@ -111,21 +124,33 @@ class CommandQueue:
         pool behind collection and ingest work (docs/switch.md, "The queue")."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args))
 
-    def final_event(self, command_id: int) -> asyncio.Event:
-        """Set once this process records a final status of the command (``wait_for``)."""
-        event = self._final.get(command_id)
-        if event is None:
-            event = self._final[command_id] = asyncio.Event()
-        return event
+    def waiting(self, command_id: int) -> Waiting:
+        """Woken, with the command as recorded, once this process records its final status (``wait_for``)."""
+        waiting = self._final.get(command_id)
+        if waiting is None:
+            waiting = self._final[command_id] = Waiting()
+        return waiting
 
-    def _publish(self, message: CommandChanged) -> None:
+    def in_flight_here(self, command_id: int) -> bool:
+        """Submitted in this process and not final yet: its final status will be published here (unless
+        another process's queue takes it, which ``wait_for``'s periodic read covers)."""
+        return command_id in self._open
+
+    def settled_elsewhere(self, command_id: int) -> None:
+        """``wait_for`` read it final without this process publishing it: stop tracking it."""
+        self._open.discard(command_id)
+
+    def _publish(self, view: CommandView, at: datetime) -> None:
+        message = _changed(view, at)
         task = asyncio.get_running_loop().create_task(self._platform.bus.publish(COMMANDS_CHANGED, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if message.status in FINAL_STATUSES:
-            waiting = self._final.pop(message.command_id, None)
+        if view.final:
+            self._open.discard(view.id)
+            waiting = self._final.pop(view.id, None)
             if waiting is not None:
-                waiting.set()
+                waiting.view = view
+                waiting.event.set()
 
     async def _run(self) -> None:
         while True:
@@ -134,8 +159,7 @@ class CommandQueue:
             except Exception as exc:  # noqa: BLE001 - the worker must survive a database hiccup
                 _log.error("switch.queue.error", error=type(exc).__name__, detail=str(exc)[:200])
             await asyncio.sleep(_COALESCE_S)  # wake-ups coming together make one claim, not one each
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_s)
+            await wait_until_set(self._wake, self._settings.poll_s)
             self._wake.clear()
 
     async def _tick(self) -> None:
@@ -146,13 +170,13 @@ class CommandQueue:
         if loop.time() >= self._next_expiry:
             self._next_expiry = loop.time() + self._settings.poll_s
             for view in await self.db(self._expire_overdue):
-                self._publish(_changed(view, view.updated_at))
+                self._publish(view, view.updated_at)
         free = self._settings.slots * 8 - len(self._busy)  # claimed ahead: sessions wait for a slot, not a claim
         if free <= 0:
             return
         for row in await self.db(self._claim, free, frozenset(self._busy)):
             self._busy.add(row.meter_id)
-            self._publish(_changed(_view(row), row.updated_at))
+            self._publish(_view(row), row.updated_at)
             task = asyncio.get_running_loop().create_task(self._send(row), name=f"switch.command.{row.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -211,7 +235,7 @@ class CommandQueue:
                 if outcome.refusal is Refusal.REPLAYED and row.attempts > 1:
                     outcome = await self._executed_earlier(row, outcome)
                 view = await self._record(CommandQueue._settle, row, outcome)
-            self._publish(_changed(view, view.updated_at))
+            self._publish(view, view.updated_at)
         except Exception as exc:  # noqa: BLE001 - left "sent": recovered after switch.stale_sent_s
             _log.error("switch.command.error", command_id=row.id, error=type(exc).__name__, detail=str(exc)[:300])
         finally:
