@@ -3,8 +3,8 @@
 One ``CommandQueue`` per platform process (``Platform.commands``, started by ``services.switch.start_queue``).
 Each look at the queue claims due commands (queued → sent) in one transaction, highest priority first,
 one per meter, in counter order per meter; each goes through ``headend.commands.CommandExecutor`` (its
-own slots: commands never wait behind a collection run); outcomes that arrive together are recorded
-in one transaction. A meter that does not answer is tried again with backoff until the command's
+own slots: commands never wait behind a collection run); outcomes that arrive meanwhile are recorded
+in the same transaction as the next claim. A meter that does not answer is tried again with backoff until the command's
 validity ends; then it expires with the reason. Every status change is audited in the transaction
 that makes it and published on ``bus.topics.COMMANDS_CHANGED``.
 """
@@ -54,6 +54,7 @@ _T = TypeVar("_T")
 
 _COALESCE_S = 0.02
 _Step = Callable[..., CommandView]  # an outcome's recording step: (queue, conn, row, *args, now=) -> view
+_Outcome = tuple[_Step, CommandRow, tuple[Any, ...], "asyncio.Future[CommandView]"]
 
 
 class Waiting:
@@ -78,8 +79,7 @@ class CommandQueue:
         self._final: dict[int, Waiting] = {}  # command id -> its waiters
         self._open: set[int] = set()  # submitted here, not final yet: their final status is published here
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="switch-db")
-        self._outcomes: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._outcomes: list[_Outcome] = []  # recorded by the next look at the queue, with its claim
         self._busy: set[int] = set()  # meters with a command on its way
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -171,36 +171,57 @@ class CommandQueue:
             self._next_expiry = loop.time() + self._settings.poll_s
             for view in await self.db(self._expire_overdue):
                 self._publish(view, view.updated_at)
+        outcomes, self._outcomes = self._outcomes, []
         free = self._settings.slots * 8 - len(self._busy)  # claimed ahead: sessions wait for a slot, not a claim
-        if free <= 0:
+        if free <= 0 and not outcomes:
             return
-        for row in await self.db(self._claim, free, frozenset(self._busy)):
+        try:
+            claimed, views = await self.db(self._write, outcomes, max(0, free), frozenset(self._busy))
+        except Exception:
+            if outcomes:  # a failed claim must not take the outcomes with it: they get a transaction of their own
+                await self._record_alone(outcomes)
+            raise
+        for (*_, future), view in zip(outcomes, views, strict=True):
+            if not future.done():
+                future.set_result(view)
+        for row in claimed:
             self._busy.add(row.meter_id)
             self._publish(_view(row), row.updated_at)
             task = asyncio.get_running_loop().create_task(self._send(row), name=f"switch.command.{row.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _claim(self, limit: int, busy: frozenset[int]) -> list[CommandRow]:
-        """Move up to ``limit`` due commands queued → sent in ONE transaction (one write, however many):
-        highest priority first, one per meter not already busy, in counter order per meter."""
+    def _write(
+        self, outcomes: list[_Outcome], limit: int, busy: frozenset[int]
+    ) -> tuple[list[CommandRow], list[CommandView]]:
+        """One look at the queue in ONE transaction: claim up to ``limit`` due commands, then record the
+        outcomes that arrived since the last look (a write transaction costs more CPU than its statements:
+        one per look, not one for the claim and one for the outcomes). The claim goes first: it may take
+        the authority's counter, which every writer takes before the audit chain's head."""
         now = self._platform.now()
+        with self._platform.engine.begin() as conn:
+            claimed = self._claim(conn, limit, busy, now) if limit > 0 else []
+            views = [step(self, conn, row, *args, now=now) for step, row, args, _ in outcomes]
+        return claimed, views
+
+    def _claim(self, conn: Connection, limit: int, busy: frozenset[int], now: datetime) -> list[CommandRow]:
+        """Move up to ``limit`` due commands queued → sent in ``conn`` (one write, however many): highest
+        priority first, one per meter not already busy, in counter order per meter."""
         claimed: list[CommandRow] = []
         taken = set(busy)
-        with self._platform.engine.begin() as conn:
-            picked = []
-            for row in repo.due_commands(conn, now=now, limit=limit + len(busy)):
-                if row.meter_id not in taken:  # one command at a time per meter
-                    taken.add(row.meter_id)
-                    picked.append(row)
-            picked = picked[:limit]
-            # Locks in the order submit takes them: the authority's counter row before the audit chain's
-            # head (every _move appends to it), or a claim and a submission could deadlock on PostgreSQL.
-            fresh = {row.id: authority_core.take_counter(conn) for row in picked if _overtaken(conn, row)}
-            for row in picked:
-                sending = self._mark_sent(conn, row, fresh.get(row.id), now)
-                if sending is not None:
-                    claimed.append(sending)
+        picked = []
+        for row in repo.due_commands(conn, now=now, limit=limit + len(busy)):
+            if row.meter_id not in taken:  # one command at a time per meter
+                taken.add(row.meter_id)
+                picked.append(row)
+        picked = picked[:limit]
+        # Locks in the order submit takes them: the authority's counter row before the audit chain's
+        # head (every _move appends to it), or a claim and a submission could deadlock on PostgreSQL.
+        fresh = {row.id: authority_core.take_counter(conn) for row in picked if _overtaken(conn, row)}
+        for row in picked:
+            sending = self._mark_sent(conn, row, fresh.get(row.id), now)
+            if sending is not None:
+                claimed.append(sending)
         return claimed
 
     def _expire_overdue(self) -> list[CommandView]:
@@ -281,35 +302,30 @@ class CommandQueue:
         return _move(conn, row, ("queued",), "sent", values, actor=_SYSTEM, now=now)  # None: taken meanwhile
 
     async def _record(self, step: _Step, row: CommandRow, *args: Any) -> CommandView:
-        """Record an outcome; outcomes that arrive together are written in ONE transaction (group commit):
-        every audited write waits for the audit chain's head, so fewer transactions mean less waiting."""
+        """Record an outcome at the next look at the queue, in its transaction with the claim; outcomes that
+        arrive together share it (group commit): every audited write waits for the audit chain's head,
+        so fewer transactions mean less waiting."""
         future: asyncio.Future[CommandView] = asyncio.get_running_loop().create_future()
         self._outcomes.append((step, row, args, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_outcomes(), name="switch.outcomes")
-            self._tasks.add(self._writer)
-            self._writer.add_done_callback(self._tasks.discard)
+        self._wake.set()
         return await future
 
-    async def _write_outcomes(self) -> None:
-        while self._outcomes:
-            batch, self._outcomes = self._outcomes, []
-            try:
-                views = await self.db(self._apply, batch)
-            except Exception as exc:  # noqa: BLE001 - each waiter gets the error; the commands stay "sent"
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (*_, future), view in zip(batch, views, strict=True):
+    async def _record_alone(self, outcomes: list[_Outcome]) -> None:
+        try:
+            views = await self.db(self._apply, outcomes)
+        except Exception as exc:  # noqa: BLE001 - each waiter gets the error; the commands stay "sent"
+            for *_, future in outcomes:
                 if not future.done():
-                    future.set_result(view)
+                    future.set_exception(exc)
+            return
+        for (*_, future), view in zip(outcomes, views, strict=True):
+            if not future.done():
+                future.set_result(view)
 
-    def _apply(self, batch: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]]
-               ) -> list[CommandView]:  # fmt: skip
+    def _apply(self, outcomes: list[_Outcome]) -> list[CommandView]:
         now = self._platform.now()
         with self._platform.engine.begin() as conn:
-            return [step(self, conn, row, *args, now=now) for step, row, args, _ in batch]
+            return [step(self, conn, row, *args, now=now) for step, row, args, _ in outcomes]
 
     def _retry_later(self, conn: Connection, row: CommandRow, error: str, *, now: datetime) -> CommandView:
         """The meter did not answer: queued again after a backoff, or expired when that is past its validity."""
