@@ -7,7 +7,7 @@ change in the same transaction. The signed bytes are stored as the meter receive
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ __all__ = [
     "get_command",
     "highest_sent_counter",
     "insert_command",
+    "insert_command_row",
     "list_commands",
     "open_commands_of",
     "overdue_commands",
@@ -92,20 +93,72 @@ def _row(mapping: Mapping[Any, Any]) -> CommandRow:
     return CommandRow(**values)
 
 
+# The hot statements (every command runs each of them once or more) are built once, with bound
+# parameters: building a statement and its cache key anew costs more CPU than SQLite takes to run it.
+_COLUMNS = tuple(sc.c[name] for name in _FIELDS)  # a row comes back in CommandRow's field order
+_ENVELOPE, _SIGNATURE = _FIELDS.index("envelope"), _FIELDS.index("signature")
+_INSERT = sa.insert(sc).returning(*_COLUMNS)
+_BY_ID = sa.select(*_COLUMNS).where(sc.c.id == sa.bindparam("command_id"))
+_TRANSITION = (
+    sa.update(sc)
+    .where(sc.c.id == sa.bindparam("where_id"), sc.c.status.in_(sa.bindparam("where_statuses", expanding=True)))
+    .returning(*_COLUMNS)
+)
+_OPEN_OF = (
+    sa.select(*_COLUMNS)
+    .where(sc.c.meter_id.in_(sa.bindparam("meter_ids", expanding=True)),
+           sc.c.status.in_(sa.bindparam("statuses", expanding=True)))
+    .order_by(sc.c.counter)
+)  # fmt: skip
+
+_DUE = (
+    sa.select(*_COLUMNS)
+    .where(sc.c.status == "queued", sc.c.execute_at <= sa.bindparam("now"), sc.c.next_attempt_at <= sa.bindparam("now"),
+           sc.c.not_after >= sa.bindparam("now"))
+    .order_by(sc.c.priority.desc(), sc.c.counter)
+    .limit(sa.bindparam("limit"))
+)  # fmt: skip
+_OVERDUE = (
+    sa.select(*_COLUMNS)
+    .where(sc.c.status.in_(("queued", "awaiting-approval")), sc.c.not_after < sa.bindparam("now"))
+    .order_by(sc.c.id)
+)
+_STALE_SENT = (
+    sa.select(*_COLUMNS).where(sc.c.status == "sent", sc.c.updated_at < sa.bindparam("before")).order_by(sc.c.id)
+)
+_HIGHEST_SENT = sa.select(sa.func.max(sc.c.counter)).where(
+    sc.c.meter_id == sa.bindparam("meter_id"),
+    sa.or_(sc.c.sent_at.is_not(None), sc.c.status.in_(("sent", "confirmed", "failed"))),
+)
+
+
+def _from_tuple(row: Sequence[Any]) -> CommandRow:
+    """A row selected as ``_COLUMNS`` (positional: no mapping built per row)."""
+    values = list(row)
+    values[_ENVELOPE] = bytes(values[_ENVELOPE])
+    values[_SIGNATURE] = bytes(values[_SIGNATURE])
+    return CommandRow(*values)
+
+
 def insert_command(conn: Connection, values: Mapping[str, Any]) -> int:
     """Insert one command (all columns but ``id``); returns its id."""
-    return int(conn.execute(sa.insert(sc).values(**values).returning(sc.c.id)).scalar_one())
+    return insert_command_row(conn, values).id
+
+
+def insert_command_row(conn: Connection, values: Mapping[str, Any]) -> CommandRow:
+    """Insert one command and return it as stored (defaults filled in), in one statement: no read after."""
+    return _from_tuple(conn.execute(_INSERT, dict(values)).one())
 
 
 def get_command(conn: Connection, command_id: int, *, visible: ColumnElement[bool] | None = None) -> CommandRow:
     """One command; NotFound when unknown or its meter is outside ``visible`` (a clause on ``meters``)."""
-    stmt = sa.select(sc).where(sc.c.id == command_id)
+    stmt = _BY_ID
     if visible is not None:
         stmt = stmt.where(sc.c.meter_id.in_(sa.select(meters.c.id).where(visible)))
-    row = conn.execute(stmt).mappings().one_or_none()
+    row = conn.execute(stmt, {"command_id": command_id}).one_or_none()
     if row is None:
         raise NotFound(f"no command {command_id}")
-    return _row(row)
+    return _from_tuple(row)
 
 
 def find_by_idempotency_key(conn: Connection, requested_by: str, key: str) -> CommandRow | None:
@@ -118,8 +171,8 @@ def open_commands_of(conn: Connection, meter_ids: Collection[int], statuses: Col
     """Commands of ``meter_ids`` in one of ``statuses`` (the conflict check of a submission)."""
     if not meter_ids:
         return []
-    stmt = sa.select(sc).where(sc.c.meter_id.in_(sorted(meter_ids)), sc.c.status.in_(sorted(statuses)))
-    return [_row(r) for r in conn.execute(stmt.order_by(sc.c.counter)).mappings()]
+    params = {"meter_ids": sorted(meter_ids), "statuses": sorted(statuses)}
+    return [_from_tuple(r) for r in conn.execute(_OPEN_OF, params)]
 
 
 def list_commands(  # noqa: PLR0913 - one optional keyword per filter the API and CLI offer
@@ -148,36 +201,33 @@ def list_commands(  # noqa: PLR0913 - one optional keyword per filter the API an
 
 def due_commands(conn: Connection, *, now: datetime, limit: int) -> list[CommandRow]:
     """Queued commands whose time has come, highest priority first, then in counter order."""
-    stmt = (
-        sa.select(sc)
-        .where(sc.c.status == "queued", sc.c.execute_at <= now, sc.c.next_attempt_at <= now, sc.c.not_after >= now)
-        .order_by(sc.c.priority.desc(), sc.c.counter)
-        .limit(limit)
-    )
-    return [_row(r) for r in conn.execute(stmt).mappings()]
+    return [_from_tuple(r) for r in conn.execute(_DUE, {"now": now, "limit": limit})]
 
 
 def overdue_commands(conn: Connection, *, now: datetime) -> list[CommandRow]:
     """Commands still waiting (queued or awaiting approval) whose validity window has ended."""
-    stmt = sa.select(sc).where(sc.c.status.in_(("queued", "awaiting-approval")), sc.c.not_after < now)
-    return [_row(r) for r in conn.execute(stmt.order_by(sc.c.id)).mappings()]
+    return [_from_tuple(r) for r in conn.execute(_OVERDUE, {"now": now})]
 
 
 def stale_sent_commands(conn: Connection, *, before: datetime) -> list[CommandRow]:
     """Commands "sent" since before ``before``: their sender stopped without recording an outcome."""
-    stmt = sa.select(sc).where(sc.c.status == "sent", sc.c.updated_at < before)
-    return [_row(r) for r in conn.execute(stmt.order_by(sc.c.id)).mappings()]
+    return [_from_tuple(r) for r in conn.execute(_STALE_SENT, {"before": before})]
 
 
 def highest_sent_counter(conn: Connection, meter_id: int) -> int | None:
     """The highest counter of a command ever sent to the meter (the meter refuses anything not above it)."""
-    sent = sa.or_(sc.c.sent_at.is_not(None), sc.c.status.in_(("sent", "confirmed", "failed")))
-    stmt = sa.select(sa.func.max(sc.c.counter)).where(sc.c.meter_id == meter_id, sent)
-    value = conn.execute(stmt).scalar_one_or_none()
+    value = conn.execute(_HIGHEST_SENT, {"meter_id": meter_id}).scalar_one_or_none()
     return None if value is None else int(value)
 
 
-def transition(conn: Connection, command_id: int, from_statuses: Collection[str], values: Mapping[str, Any]) -> bool:
-    """Set ``values`` (a new ``status`` among them) if the command is in one of ``from_statuses``; False if not."""
-    stmt = sa.update(sc).where(sc.c.id == command_id, sc.c.status.in_(sorted(from_statuses))).values(**values)
-    return conn.execute(stmt).rowcount == 1
+def transition(
+    conn: Connection, command_id: int, from_statuses: Collection[str], values: Mapping[str, Any]
+) -> CommandRow | None:
+    """Set ``values`` (a new ``status`` among them) if the command is in one of ``from_statuses``.
+
+    Returns the command as it is after the change (RETURNING: the caller needs no read after it), or
+    None when it was in another status (another worker moved it first: nothing was written).
+    """
+    params = {**values, "where_id": command_id, "where_statuses": sorted(from_statuses)}  # SET: the other keys
+    row = conn.execute(_TRANSITION, params).one_or_none()
+    return None if row is None else _from_tuple(row)

@@ -88,6 +88,19 @@ VALUES (:meter_id, 0, NULL, :now) ON CONFLICT (meter_id) DO NOTHING
 """).bindparams(sa.bindparam("now", type_=UtcDateTime()))
 
 
+# Built once, with bound parameters: every command's session reserves a block, and building a statement
+# and its cache key anew costs more CPU than SQLite takes to run it.
+_GET = sa.select(ic.c.client_ic_next, ic.c.server_ic_last, ic.c.key_version).where(
+    ic.c.meter_id == sa.bindparam("meter_id")
+)
+_RESERVE = (
+    sa.update(ic)
+    .where(ic.c.meter_id == sa.bindparam("where_meter_id"))
+    .values(client_ic_next=ic.c.client_ic_next + sa.bindparam("count"), updated_at=sa.bindparam("now"))
+    .returning(ic.c.client_ic_next)
+)
+
+
 class Counters(NamedTuple):
     client_ic_next: int
     server_ic_last: int | None
@@ -100,9 +113,7 @@ def get(conn: Connection, meter_id: int) -> Counters:
 
 def get_for_key(conn: Connection, meter_id: int) -> tuple[Counters, int]:
     """The meter's counters and the GUEK version ``server_ic_last`` belongs to (1 if never talked to)."""
-    row = conn.execute(
-        sa.select(ic.c.client_ic_next, ic.c.server_ic_last, ic.c.key_version).where(ic.c.meter_id == meter_id)
-    ).one_or_none()
+    row = conn.execute(_GET, {"meter_id": meter_id}).one_or_none()
     if row is None:
         return Counters(0, None), 1
     return Counters(int(row[0]), None if row[1] is None else int(row[1])), int(row[2])
@@ -202,13 +213,8 @@ def reserve_client_ics(conn: Connection, meter_id: int, count: int, *, now: date
     if count < 1:
         raise ValueError("count must be at least 1")
     conn.execute(_ENSURE, {"meter_id": meter_id, "now": now})
-    stmt = (
-        sa.update(ic)
-        .where(ic.c.meter_id == meter_id)
-        .values(client_ic_next=ic.c.client_ic_next + count, updated_at=now)
-        .returning(ic.c.client_ic_next)
-    )
-    return int(conn.execute(stmt).scalar_one()) - count
+    params = {"where_meter_id": meter_id, "count": count, "now": now}
+    return int(conn.execute(_RESERVE, params).scalar_one()) - count
 
 
 def accept_server_ic(conn: Connection, meter_id: int, invocation_counter: int, *, now: datetime) -> bool:

@@ -106,13 +106,28 @@ def _area_of_meter() -> sa.Select[int, str | None]:
     )
 
 
+# Built once, with bound parameters: every submitted command runs them, and building a statement and
+# its cache key costs more CPU than SQLite takes to answer it.
+_AREAS_OF = _area_of_meter().where(t.meters.c.id.in_(sa.bindparam("ids", expanding=True)))
+_DISCONNECTS_SINCE = sa.select(sa.func.count()).where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since"))
+_DISCONNECTS_PER_AREA = (
+    sa.select(t.guard_disconnects.c.area, sa.func.count())
+    .where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since"),
+           t.guard_disconnects.c.area.in_(sa.bindparam("areas", expanding=True)))
+    .group_by(t.guard_disconnects.c.area)
+)  # fmt: skip
+_IGNORING = sa.select(t.guard_area_modes.c.area).where(
+    t.guard_area_modes.c.area.in_(sa.bindparam("areas", expanding=True)), t.guard_area_modes.c.ignore_disconnects
+)
+_RECORD_DISCONNECT = sa.insert(t.guard_disconnects)
+
+
 def areas_of(conn: Connection, meter_ids: Iterable[int]) -> dict[int, str | None]:
     """Each known meter's area (substation id, or None outside the topology); unknown ids are left out."""
     ids = sorted(set(meter_ids))
     found: dict[int, str | None] = {}
     for start in range(0, len(ids), 5000):  # bounded IN lists
-        chunk = ids[start : start + 5000]
-        rows = conn.execute(_area_of_meter().where(t.meters.c.id.in_(chunk)))
+        rows = conn.execute(_AREAS_OF, {"ids": ids[start : start + 5000]})
         found.update({int(meter_id): area for meter_id, area in rows})
     return found
 
@@ -128,13 +143,12 @@ def meters_in_area(conn: Connection, area: str) -> list[int]:
 
 def count_disconnects(conn: Connection, since: datetime, areas: Iterable[str] | None = None) -> dict[str | None, int]:
     """Disconnects admitted at or after ``since``: ``{None: fleet total}``, plus one entry per area asked."""
-    gd = t.guard_disconnects.c
-    total = conn.execute(sa.select(sa.func.count()).where(gd.admitted_at >= since)).scalar_one()
+    total = conn.execute(_DISCONNECTS_SINCE, {"since": since}).scalar_one()
     counts: dict[str | None, int] = {None: int(total)}
     wanted = sorted(set(areas or ()))
     if wanted:
-        per_area = sa.select(gd.area, sa.func.count()).where(gd.admitted_at >= since, gd.area.in_(wanted))
-        counts.update({area: int(n) for area, n in conn.execute(per_area.group_by(gd.area))})
+        per_area = conn.execute(_DISCONNECTS_PER_AREA, {"since": since, "areas": wanted})
+        counts.update({area: int(n) for area, n in per_area})
         counts.update({area: 0 for area in wanted if area not in counts})
     return counts
 
@@ -148,7 +162,7 @@ def record_disconnects(
         for m, area in areas.items()
     ]
     if rows:
-        conn.execute(sa.insert(t.guard_disconnects), rows)
+        conn.execute(_RECORD_DISCONNECT, rows)
 
 
 # --- the two-person rule -------------------------------------------------------------------------
@@ -332,9 +346,7 @@ def ignoring_areas(conn: Connection, areas: Iterable[str | None]) -> set[str]:
     wanted = sorted({a for a in areas if a is not None})
     if not wanted:
         return set()
-    gm = t.guard_area_modes.c
-    query = sa.select(gm.area).where(gm.area.in_(wanted), gm.ignore_disconnects)
-    return {str(a) for a in conn.execute(query).scalars()}
+    return {str(a) for a in conn.execute(_IGNORING, {"areas": wanted}).scalars()}
 
 
 def set_area_mode(

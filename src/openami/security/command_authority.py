@@ -144,13 +144,15 @@ def take_counter(conn: Connection) -> int:
     One UPDATE of the single counter row: PostgreSQL locks the row until the caller commits and
     SQLite takes its write lock, so concurrent signers are serialised.
     """
-    stmt = (
-        sa.update(authority_counter)
-        .where(authority_counter.c.id == 1)
-        .values(last_counter=authority_counter.c.last_counter + 1)
-        .returning(authority_counter.c.last_counter)
-    )
-    return int(conn.execute(stmt).scalar_one())
+    return int(conn.execute(_TAKE_COUNTER).scalar_one())
+
+
+_TAKE_COUNTER = (  # built once: every signed command takes a counter, and building it cost more than running it
+    sa.update(authority_counter)
+    .where(authority_counter.c.id == 1)
+    .values(last_counter=authority_counter.c.last_counter + 1)
+    .returning(authority_counter.c.last_counter)
+)
 
 
 def last_counter(conn: Connection) -> int:

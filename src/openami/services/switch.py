@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -69,6 +70,7 @@ __all__ = [
     "submit",
     "submit_batch",
     "wait_for",
+    "wait_until_set",
 ]
 
 _log = structlog.get_logger("openami.services")
@@ -234,16 +236,18 @@ class _Meter:
     area: str | None
 
 
+_METER = (  # built once: a submission's CPU is mostly building statements otherwise
+    sa.select(meters.c.id, meters.c.kind, meters.c.system_title, feeders.c.substation_id)
+    .select_from(meters)
+    .outerjoin(service_points, service_points.c.id == meters.c.service_point_id)
+    .outerjoin(transformers, transformers.c.id == service_points.c.transformer_id)
+    .outerjoin(feeders, feeders.c.id == transformers.c.feeder_id)
+    .where(meters.c.id == sa.bindparam("meter_id"))
+)
+
+
 def _meter(conn: Connection, meter_id: int) -> _Meter:
-    stmt = (
-        sa.select(meters.c.id, meters.c.kind, meters.c.system_title, feeders.c.substation_id)
-        .select_from(meters)
-        .outerjoin(service_points, service_points.c.id == meters.c.service_point_id)
-        .outerjoin(transformers, transformers.c.id == service_points.c.transformer_id)
-        .outerjoin(feeders, feeders.c.id == transformers.c.feeder_id)
-        .where(meters.c.id == meter_id)
-    )
-    row = conn.execute(stmt).one_or_none()
+    row = conn.execute(_METER, {"meter_id": meter_id}).one_or_none()
     if row is None:
         raise NotFound(f"meter {meter_id} does not exist")
     return _Meter(int(row[0]), str(row[1]), bytes(row[2]), row[3])
@@ -338,15 +342,16 @@ def _insert(  # noqa: PLR0913 - the parts of one signed command, all needed
     batch_id: int | None,
     idempotency_key: str | None,
     now: datetime,
-) -> int:
-    """Take the next counter, sign, insert and audit one command (in the caller's transaction)."""
+) -> CommandRow:
+    """Take the next counter, sign, insert and audit one command (in the caller's transaction); returns
+    the row as inserted (no read back: the caller builds its view from it)."""
     counter = authority_core.take_counter(conn)
     execute_at, not_after = window
     envelope = Envelope(meter.system_title, _SIGNED[request.command], counter, execute_at - _CLOCK_SKEW, not_after,
                         request.limit)  # fmt: skip
     signed = authority.sign(envelope)
     limit = request.limit
-    command_id = repo.insert_command(
+    row = repo.insert_command_row(
         conn,
         {
             "meter_id": meter.id, "command": request.command, "status": status, "counter": counter,
@@ -362,7 +367,7 @@ def _insert(  # noqa: PLR0913 - the parts of one signed command, all needed
         },
     )  # fmt: skip
     details: dict[str, str | int | float | bool | None] = {
-        "command_id": command_id, "command": request.command, "counter": counter, "status": status,
+        "command_id": row.id, "command": request.command, "counter": counter, "status": status,
         "reason": request.reason, "batch_id": batch_id, "workflow": request.workflow,
         "execute_at": execute_at.isoformat(), "not_after": not_after.isoformat(),
     }  # fmt: skip
@@ -371,7 +376,7 @@ def _insert(  # noqa: PLR0913 - the parts of one signed command, all needed
     entry = audit.AuditEntry(scope.principal, ACTIONS[request.command], "ok", resource=f"meter:{meter.id}",
                              purpose=request.purpose, details=details)  # fmt: skip
     audit.record(conn, entry, now=now)
-    return command_id
+    return row
 
 
 def _audit_refusal(platform: Platform, scope: RequestScope, action: str, resource: str, error: Exception) -> None:
@@ -414,6 +419,8 @@ def submit_batch(
             raise
         views = _submit(platform, scope, requests, idempotency_key, now)
     except (InvalidInput, NotFound, Conflict) as exc:
+        if isinstance(exc, switch_guard.GuardRefused) and not exc.audited:  # refused under SQLite's write lock
+            switch_guard.record_refusal(platform.engine, scope, exc, now=now)
         _audit_refusal(platform, scope, action, resource, exc)
         raise
     if platform.commands is not None:
@@ -456,14 +463,17 @@ def _submit(
         admission = switch_guard.admit(conn, scope, requests[0].command, [m.id for m in found], now=now)
         status = "queued" if admission.state == "admitted" else "awaiting-approval"
         batch_id = admission.batch_id if admission.batch_id is not None else requests[0].batch_id
-        ids = []
-        for request, meter, window, key in zip(requests, found, windows, keys, strict=True):
-            ids.append(_insert(conn, authority, scope, request, meter, window, status=status, batch_id=batch_id,
-                               idempotency_key=key, now=now))  # fmt: skip
-        if batch_id is None and len(ids) > 1:  # a batch of its own: named after its first command
-            batch_id = ids[0]
+        rows = [
+            _insert(conn, authority, scope, request, meter, window, status=status, batch_id=batch_id,
+                    idempotency_key=key, now=now)
+            for request, meter, window, key in zip(requests, found, windows, keys, strict=True)
+        ]  # fmt: skip
+        if batch_id is None and len(rows) > 1:  # a batch of its own: named after its first command
+            batch_id = rows[0].id
+            ids = [row.id for row in rows]
             conn.execute(sa.update(switch_commands).where(switch_commands.c.id.in_(ids)).values(batch_id=batch_id))
-        return [_view(repo.get_command(conn, command_id)) for command_id in ids]
+            rows = [dataclasses.replace(row, batch_id=batch_id) for row in rows]
+        return [_view(row) for row in rows]
 
 
 def _batch_keys(idempotency_key: str | None, count: int) -> list[str | None]:
@@ -532,11 +542,11 @@ def cancel_command(
         moved = _move(
             conn, row, _WAITING, "cancelled", {"failure_reason": reason[:255]}, actor=scope.principal, now=now
         )
-        if not moved:
+        if moved is None:
             raise CommandNotCancellable(
                 f"command {command_id} is {row.status}: only a command not sent can be cancelled"
             )
-        view = _view(repo.get_command(conn, command_id))
+        view = _view(moved)
     if platform.commands is not None:
         platform.commands.submitted([view])
     return view
@@ -546,7 +556,7 @@ def release_batch(conn: Connection, batch_id: int, *, actor: str, now: datetime)
     """For the guard's ``approve``: queue every command of a batch awaiting approval (audited); returns how many."""
     rows = repo.list_commands(conn, batch_id=batch_id, status="awaiting-approval", limit=1_000_000)
     return sum(_move(conn, row, ("awaiting-approval",), "queued", {"queued_at": now}, actor=actor, now=now)
-               for row in rows)  # fmt: skip
+               is not None for row in rows)  # fmt: skip
 
 
 def _move(
@@ -558,13 +568,15 @@ def _move(
     *,
     actor: str,
     now: datetime,
-) -> bool:
-    """One status transition and its audit entry, in ``conn``; False when the command had moved on."""
+) -> CommandRow | None:
+    """One status transition and its audit entry, in ``conn``; returns the command as it is after it
+    (so no caller reads it again), or None when the command had moved on (nothing written)."""
     stamp = {"sent": "sent_at", "confirmed": "confirmed_at", "failed": "failed_at", "expired": "expired_at",
              "cancelled": "cancelled_at"}.get(status)  # fmt: skip
     values = {**values, "status": status, "updated_at": now} | ({stamp: now} if stamp else {})
-    if not repo.transition(conn, row.id, from_statuses, values):
-        return False
+    moved = repo.transition(conn, row.id, from_statuses, values)
+    if moved is None:
+        return None
     details: dict[str, str | int | float | bool | None] = {
         "command_id": row.id, "command": row.command, "from": row.status, "status": status, "counter": row.counter,
         "reason": values.get("failure_reason"),
@@ -574,25 +586,54 @@ def _move(
     outcome = "failed" if status in ("failed", "expired") else "ok"
     entry = audit.AuditEntry(actor, "switch.status", outcome, resource=f"meter:{row.meter_id}", details=details)
     audit.record(conn, entry, now=now)
-    return True
+    return moved
 
 
 async def wait_for(platform: Platform, command_id: int, timeout_s: float) -> CommandView:
-    """The command once it is final (confirmed, failed, expired, cancelled), or as it is after ``timeout_s``."""
+    """The command once it is final (confirmed, failed, expired, cancelled), or as it is after ``timeout_s``.
+
+    A command submitted in this process is not read at all: the queue hands its waiters the final
+    status it records. Otherwise (or when another process's queue took it) it is read now and then.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    read = platform.commands is None or not platform.commands.in_flight_here(command_id)
     while True:
         queue = platform.commands
-        final = None if queue is None else queue.final_event(command_id)  # before the read: no change is missed
-        view = await (asyncio.to_thread if queue is None else queue.db)(_load_view, platform, command_id)
-        remaining = deadline - loop.time()
-        if view.final or remaining <= 0:
-            return view
-        if final is None:
+        waiting = None if queue is None else queue.waiting(command_id)  # before the read: no change is missed
+        if read:
+            view = await _read_view(platform, command_id)
+            if view.final or loop.time() >= deadline:
+                return view
+        remaining = max(0.0, deadline - loop.time())
+        if waiting is None:
             await asyncio.sleep(min(0.2, remaining))
         else:  # woken when this process finishes it; read again now and then (another process may have)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(final.wait(), min(2.0, remaining))
+            await wait_until_set(waiting.event, min(2.0, remaining))
+            if waiting.view is not None:
+                return waiting.view
+        read = True
+
+
+async def wait_until_set(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``event`` at most ``timeout_s``; True if it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives in the same loop
+    step as the event is set (it returns the result instead), so a task cancelled at shutdown just as
+    it is woken runs on, and whoever awaits it (``CommandQueue.stop``) waits forever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()
+
+
+async def _read_view(platform: Platform, command_id: int) -> CommandView:
+    queue = platform.commands
+    view = await (asyncio.to_thread if queue is None else queue.db)(_load_view, platform, command_id)
+    if view.final and queue is not None:
+        queue.settled_elsewhere(command_id)
+    return view
 
 
 def _load_view(platform: Platform, command_id: int) -> CommandView:
@@ -667,17 +708,18 @@ def broadcast_mode(
         found = [m for m in every if m.kind == MeterKind.ELECTRIC]
         # the new commands first: they take the authority's counter before anything is audited, the
         # order ``submit`` takes those locks in (the other order could deadlock on PostgreSQL)
-        ids = [
+        created = [
             _insert(conn, authority, scope, CommandRequest(m.id, command, reason=reason[:255] or command,
                     priority=MODE_PRIORITY, purpose="safety", workflow="guard"), m, window, status="queued",
                     batch_id=None, idempotency_key=None, now=now)
             for m in found
         ]  # fmt: skip
+        ids = {row.id for row in created}
         for row in repo.open_commands_of(conn, {m.id for m in found}, ("queued",)):
             if _GROUP[row.command] == "mode" and row.id not in ids:
                 _move(conn, row, ("queued",), "cancelled", {"failure_reason": f"superseded by {command}"},
                       actor=scope.principal, now=now)  # fmt: skip
-        views = [_view(repo.get_command(conn, command_id)) for command_id in ids]
+        views = [_view(row) for row in created]
     if platform.commands is not None:
         platform.commands.submitted(views)
     return views

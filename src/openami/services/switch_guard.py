@@ -89,6 +89,10 @@ GUARD_SCOPE = RequestScope(
 )
 """Who the guard acts as when it broadcasts the ignore-disconnects mode by itself."""
 _PG_LOCK_KEY = 0x0A_3175_6172_6400  # "guard": serialises admissions on PostgreSQL until commit
+_PG_LOCK = sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY))
+_SQLITE_WRITE_LOCK = (  # a no-op UPDATE: takes SQLite's write lock (pysqlite begins the transaction there)
+    sa.update(t.guard_area_modes).where(sa.false()).values(reason=t.guard_area_modes.c.reason)
+)
 _settings: dict[str, GuardSettings] = {"current": GuardSettings()}
 
 
@@ -168,20 +172,19 @@ def _serialise(
 ) -> None:
     """Check, and make the admissions that are counted happen one at a time until their commit.
 
-    PostgreSQL: a transaction-scoped advisory lock first, then the checks. SQLite: the checks first
-    (a refusal is audited in its own transaction, which needs the write lock), then the write lock
-    (a no-op UPDATE: pysqlite begins the transaction there) and the checks once more, against
-    whatever committed meanwhile; a refusal then is audited by ``services.switch`` after the rollback.
+    PostgreSQL: a transaction-scoped advisory lock first, then the checks. SQLite: the write lock
+    first (a no-op UPDATE: pysqlite begins the transaction there), then the checks, once, against
+    everything committed before; a refusal cannot be audited in its own transaction while this one
+    holds the write lock, so it is raised unaudited (``GuardRefused.audited`` False) and the caller
+    (``services.switch``, ``approve``) records it after the rollback. (Checking before the lock as
+    well, only to audit a refusal earlier, cost every admitted disconnect its checks twice.)
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+        conn.execute(_PG_LOCK)
         if command in DISCONNECTS:
             _check_disconnects(conn, scope, areas, settings, now=now)
         return
-    if command in DISCONNECTS:
-        _check_disconnects(conn, scope, areas, settings, now=now)
-    gm = t.guard_area_modes
-    conn.execute(sa.update(gm).where(sa.false()).values(reason=gm.c.reason))  # takes SQLite's write lock
+    conn.execute(_SQLITE_WRITE_LOCK)
     if command in DISCONNECTS:
         _check_disconnects(conn, scope, areas, settings, now=now, audit_own=False)
 

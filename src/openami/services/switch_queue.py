@@ -3,8 +3,8 @@
 One ``CommandQueue`` per platform process (``Platform.commands``, started by ``services.switch.start_queue``).
 Each look at the queue claims due commands (queued → sent) in one transaction, highest priority first,
 one per meter, in counter order per meter; each goes through ``headend.commands.CommandExecutor`` (its
-own slots: commands never wait behind a collection run); outcomes that arrive together are recorded
-in one transaction. A meter that does not answer is tried again with backoff until the command's
+own slots: commands never wait behind a collection run); outcomes that arrive meanwhile are recorded
+in the same transaction as the next claim. A meter that does not answer is tried again with backoff until the command's
 validity ends; then it expires with the reason. Every status change is audited in the transaction
 that makes it and published on ``bus.topics.COMMANDS_CHANGED``.
 """
@@ -12,7 +12,6 @@ that makes it and published on ``bus.topics.COMMANDS_CHANGED``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from openami.bus.topics import COMMANDS_CHANGED
 from openami.db import commands as repo
 from openami.db.commands import CommandRow
 from openami.db.tables import meters
-from openami.domain.commands import FINAL_STATUSES, CommandChanged
+from openami.domain.commands import CommandChanged
 from openami.errors import MeterCommunicationError, NotFound
 from openami.headend.commands import CommandExecutor, CommandOutcome
 from openami.protocols.dlms.signed_command import Confirmation, Envelope, LimitParameters, Refusal, SignedCommand
@@ -44,9 +43,10 @@ from openami.services.switch import (
     _move,
     _view,
     ensure_authority,
+    wait_until_set,
 )
 
-__all__ = ["CommandQueue"]
+__all__ = ["CommandQueue", "Waiting"]
 
 _log = structlog.get_logger("openami.services")
 _T = TypeVar("_T")
@@ -54,6 +54,18 @@ _T = TypeVar("_T")
 
 _COALESCE_S = 0.02
 _Step = Callable[..., CommandView]  # an outcome's recording step: (queue, conn, row, *args, now=) -> view
+_Outcome = tuple[_Step, CommandRow, tuple[Any, ...], "asyncio.Future[CommandView]"]
+
+
+class Waiting:
+    """The waiters for one command's final status: ``event`` is set once this process recorded it, and
+    ``view`` is then the command as recorded (so no waiter reads it again)."""
+
+    __slots__ = ("event", "view")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.view: CommandView | None = None
 
 
 class CommandQueue:
@@ -64,10 +76,10 @@ class CommandQueue:
         self._settings = platform.settings.switch
         self.executor = CommandExecutor(platform.collector, slots=self._settings.slots, now=platform.now)
         self._wake = asyncio.Event()
-        self._final: dict[int, asyncio.Event] = {}  # command id -> its waiters' event
+        self._final: dict[int, Waiting] = {}  # command id -> its waiters
+        self._open: set[int] = set()  # submitted here, not final yet: their final status is published here
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="switch-db")
-        self._outcomes: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._outcomes: list[_Outcome] = []  # recorded by the next look at the queue, with its claim
         self._busy: set[int] = set()  # meters with a command on its way
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -91,10 +103,11 @@ class CommandQueue:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        self._open.update(view.id for view in views if not view.final)  # before the caller can wait for one
 
         def notify() -> None:
             for view in views:
-                self._publish(_changed(view, view.created_at if view.status != "cancelled" else view.updated_at))
+                self._publish(view, view.created_at if view.status != "cancelled" else view.updated_at)
             self._wake.set()
 
         try:
@@ -111,21 +124,33 @@ class CommandQueue:
         pool behind collection and ingest work (docs/switch.md, "The queue")."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args))
 
-    def final_event(self, command_id: int) -> asyncio.Event:
-        """Set once this process records a final status of the command (``wait_for``)."""
-        event = self._final.get(command_id)
-        if event is None:
-            event = self._final[command_id] = asyncio.Event()
-        return event
+    def waiting(self, command_id: int) -> Waiting:
+        """Woken, with the command as recorded, once this process records its final status (``wait_for``)."""
+        waiting = self._final.get(command_id)
+        if waiting is None:
+            waiting = self._final[command_id] = Waiting()
+        return waiting
 
-    def _publish(self, message: CommandChanged) -> None:
+    def in_flight_here(self, command_id: int) -> bool:
+        """Submitted in this process and not final yet: its final status will be published here (unless
+        another process's queue takes it, which ``wait_for``'s periodic read covers)."""
+        return command_id in self._open
+
+    def settled_elsewhere(self, command_id: int) -> None:
+        """``wait_for`` read it final without this process publishing it: stop tracking it."""
+        self._open.discard(command_id)
+
+    def _publish(self, view: CommandView, at: datetime) -> None:
+        message = _changed(view, at)
         task = asyncio.get_running_loop().create_task(self._platform.bus.publish(COMMANDS_CHANGED, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if message.status in FINAL_STATUSES:
-            waiting = self._final.pop(message.command_id, None)
+        if view.final:
+            self._open.discard(view.id)
+            waiting = self._final.pop(view.id, None)
             if waiting is not None:
-                waiting.set()
+                waiting.view = view
+                waiting.event.set()
 
     async def _run(self) -> None:
         while True:
@@ -134,8 +159,7 @@ class CommandQueue:
             except Exception as exc:  # noqa: BLE001 - the worker must survive a database hiccup
                 _log.error("switch.queue.error", error=type(exc).__name__, detail=str(exc)[:200])
             await asyncio.sleep(_COALESCE_S)  # wake-ups coming together make one claim, not one each
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_s)
+            await wait_until_set(self._wake, self._settings.poll_s)
             self._wake.clear()
 
     async def _tick(self) -> None:
@@ -146,37 +170,58 @@ class CommandQueue:
         if loop.time() >= self._next_expiry:
             self._next_expiry = loop.time() + self._settings.poll_s
             for view in await self.db(self._expire_overdue):
-                self._publish(_changed(view, view.updated_at))
+                self._publish(view, view.updated_at)
+        outcomes, self._outcomes = self._outcomes, []
         free = self._settings.slots * 8 - len(self._busy)  # claimed ahead: sessions wait for a slot, not a claim
-        if free <= 0:
+        if free <= 0 and not outcomes:
             return
-        for row in await self.db(self._claim, free, frozenset(self._busy)):
+        try:
+            claimed, views = await self.db(self._write, outcomes, max(0, free), frozenset(self._busy))
+        except Exception:
+            if outcomes:  # a failed claim must not take the outcomes with it: they get a transaction of their own
+                await self._record_alone(outcomes)
+            raise
+        for (*_, future), view in zip(outcomes, views, strict=True):
+            if not future.done():
+                future.set_result(view)
+        for row in claimed:
             self._busy.add(row.meter_id)
-            self._publish(_changed(_view(row), row.updated_at))
+            self._publish(_view(row), row.updated_at)
             task = asyncio.get_running_loop().create_task(self._send(row), name=f"switch.command.{row.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _claim(self, limit: int, busy: frozenset[int]) -> list[CommandRow]:
-        """Move up to ``limit`` due commands queued → sent in ONE transaction (one write, however many):
-        highest priority first, one per meter not already busy, in counter order per meter."""
+    def _write(
+        self, outcomes: list[_Outcome], limit: int, busy: frozenset[int]
+    ) -> tuple[list[CommandRow], list[CommandView]]:
+        """One look at the queue in ONE transaction: claim up to ``limit`` due commands, then record the
+        outcomes that arrived since the last look (a write transaction costs more CPU than its statements:
+        one per look, not one for the claim and one for the outcomes). The claim goes first: it may take
+        the authority's counter, which every writer takes before the audit chain's head."""
         now = self._platform.now()
+        with self._platform.engine.begin() as conn:
+            claimed = self._claim(conn, limit, busy, now) if limit > 0 else []
+            views = [step(self, conn, row, *args, now=now) for step, row, args, _ in outcomes]
+        return claimed, views
+
+    def _claim(self, conn: Connection, limit: int, busy: frozenset[int], now: datetime) -> list[CommandRow]:
+        """Move up to ``limit`` due commands queued → sent in ``conn`` (one write, however many): highest
+        priority first, one per meter not already busy, in counter order per meter."""
         claimed: list[CommandRow] = []
         taken = set(busy)
-        with self._platform.engine.begin() as conn:
-            picked = []
-            for row in repo.due_commands(conn, now=now, limit=limit + len(busy)):
-                if row.meter_id not in taken:  # one command at a time per meter
-                    taken.add(row.meter_id)
-                    picked.append(row)
-            picked = picked[:limit]
-            # Locks in the order submit takes them: the authority's counter row before the audit chain's
-            # head (every _move appends to it), or a claim and a submission could deadlock on PostgreSQL.
-            fresh = {row.id: authority_core.take_counter(conn) for row in picked if _overtaken(conn, row)}
-            for row in picked:
-                sending = self._mark_sent(conn, row, fresh.get(row.id), now)
-                if sending is not None:
-                    claimed.append(sending)
+        picked = []
+        for row in repo.due_commands(conn, now=now, limit=limit + len(busy)):
+            if row.meter_id not in taken:  # one command at a time per meter
+                taken.add(row.meter_id)
+                picked.append(row)
+        picked = picked[:limit]
+        # Locks in the order submit takes them: the authority's counter row before the audit chain's
+        # head (every _move appends to it), or a claim and a submission could deadlock on PostgreSQL.
+        fresh = {row.id: authority_core.take_counter(conn) for row in picked if _overtaken(conn, row)}
+        for row in picked:
+            sending = self._mark_sent(conn, row, fresh.get(row.id), now)
+            if sending is not None:
+                claimed.append(sending)
         return claimed
 
     def _expire_overdue(self) -> list[CommandView]:
@@ -187,8 +232,9 @@ class CommandQueue:
                 why = "its validity ended before it could be sent"
                 if row.attempts and row.failure_reason:  # tried: the meter never answered
                     why = f"the meter did not answer before the command expired ({row.failure_reason})"
-                if _move(conn, row, _WAITING, "expired", {"failure_reason": why[:255]}, actor=_SYSTEM, now=now):
-                    expired.append(_view(repo.get_command(conn, row.id)))
+                moved = _move(conn, row, _WAITING, "expired", {"failure_reason": why[:255]}, actor=_SYSTEM, now=now)
+                if moved is not None:
+                    expired.append(_view(moved))
         return expired
 
     async def _send(self, sending: CommandRow) -> None:
@@ -210,7 +256,7 @@ class CommandQueue:
                 if outcome.refusal is Refusal.REPLAYED and row.attempts > 1:
                     outcome = await self._executed_earlier(row, outcome)
                 view = await self._record(CommandQueue._settle, row, outcome)
-            self._publish(_changed(view, view.updated_at))
+            self._publish(view, view.updated_at)
         except Exception as exc:  # noqa: BLE001 - left "sent": recovered after switch.stale_sent_s
             _log.error("switch.command.error", command_id=row.id, error=type(exc).__name__, detail=str(exc)[:300])
         finally:
@@ -253,40 +299,33 @@ class CommandQueue:
         values: dict[str, Any] = {"attempts": row.attempts + 1}
         if counter is not None:
             values |= _resign(conn, self._platform, row, counter, now)
-        if not _move(conn, row, ("queued",), "sent", values, actor=_SYSTEM, now=now):
-            return None  # taken by another process meanwhile
-        return repo.get_command(conn, row.id)
+        return _move(conn, row, ("queued",), "sent", values, actor=_SYSTEM, now=now)  # None: taken meanwhile
 
     async def _record(self, step: _Step, row: CommandRow, *args: Any) -> CommandView:
-        """Record an outcome; outcomes that arrive together are written in ONE transaction (group commit):
-        every audited write waits for the audit chain's head, so fewer transactions mean less waiting."""
+        """Record an outcome at the next look at the queue, in its transaction with the claim; outcomes that
+        arrive together share it (group commit): every audited write waits for the audit chain's head,
+        so fewer transactions mean less waiting."""
         future: asyncio.Future[CommandView] = asyncio.get_running_loop().create_future()
         self._outcomes.append((step, row, args, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_outcomes(), name="switch.outcomes")
-            self._tasks.add(self._writer)
-            self._writer.add_done_callback(self._tasks.discard)
+        self._wake.set()
         return await future
 
-    async def _write_outcomes(self) -> None:
-        while self._outcomes:
-            batch, self._outcomes = self._outcomes, []
-            try:
-                views = await self.db(self._apply, batch)
-            except Exception as exc:  # noqa: BLE001 - each waiter gets the error; the commands stay "sent"
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (*_, future), view in zip(batch, views, strict=True):
+    async def _record_alone(self, outcomes: list[_Outcome]) -> None:
+        try:
+            views = await self.db(self._apply, outcomes)
+        except Exception as exc:  # noqa: BLE001 - each waiter gets the error; the commands stay "sent"
+            for *_, future in outcomes:
                 if not future.done():
-                    future.set_result(view)
+                    future.set_exception(exc)
+            return
+        for (*_, future), view in zip(outcomes, views, strict=True):
+            if not future.done():
+                future.set_result(view)
 
-    def _apply(self, batch: list[tuple[_Step, CommandRow, tuple[Any, ...], asyncio.Future[CommandView]]]
-               ) -> list[CommandView]:  # fmt: skip
+    def _apply(self, outcomes: list[_Outcome]) -> list[CommandView]:
         now = self._platform.now()
         with self._platform.engine.begin() as conn:
-            return [step(self, conn, row, *args, now=now) for step, row, args, _ in batch]
+            return [step(self, conn, row, *args, now=now) for step, row, args, _ in outcomes]
 
     def _retry_later(self, conn: Connection, row: CommandRow, error: str, *, now: datetime) -> CommandView:
         """The meter did not answer: queued again after a backoff, or expired when that is past its validity."""
@@ -294,11 +333,11 @@ class CommandQueue:
         retry_at = now + timedelta(seconds=backoff)
         if retry_at > row.not_after:
             why = f"the meter did not answer before the command expired ({error})"[:255]
-            _move(conn, row, ("sent",), "expired", {"failure_reason": why}, actor=_SYSTEM, now=now)
+            moved = _move(conn, row, ("sent",), "expired", {"failure_reason": why}, actor=_SYSTEM, now=now)
         else:
-            _move(conn, row, ("sent",), "queued", {"failure_reason": error[:255], "next_attempt_at": retry_at},
-                  actor=_SYSTEM, now=now)  # fmt: skip
-        return _view(repo.get_command(conn, row.id))
+            moved = _move(conn, row, ("sent",), "queued", {"failure_reason": error[:255], "next_attempt_at": retry_at},
+                          actor=_SYSTEM, now=now)  # fmt: skip
+        return _current(conn, row, moved)
 
     def _finish_failed(
         self, conn: Connection, row: CommandRow, why: str, refusal: str | None, *, now: datetime
@@ -306,8 +345,7 @@ class CommandQueue:
         values: dict[str, Any] = {"failure_reason": why[:255]}
         if refusal is not None:
             values["refusal"] = refusal
-        _move(conn, row, ("sent",), "failed", values, actor=_SYSTEM, now=now)
-        return _view(repo.get_command(conn, row.id))
+        return _current(conn, row, _move(conn, row, ("sent",), "failed", values, actor=_SYSTEM, now=now))
 
     def _settle(self, conn: Connection, row: CommandRow, outcome: CommandOutcome, *, now: datetime) -> CommandView:
         if outcome.confirmation is None:
@@ -323,8 +361,13 @@ class CommandQueue:
         if outcome.final_read is not None:
             f = outcome.final_read
             values |= {"final_import_wh": f.import_wh, "final_export_wh": f.export_wh, "final_read_at": f.read_at}
-        _move(conn, row, ("sent",), "confirmed", values, actor=_SYSTEM, now=now)
-        return _view(repo.get_command(conn, row.id))
+        return _current(conn, row, _move(conn, row, ("sent",), "confirmed", values, actor=_SYSTEM, now=now))
+
+
+def _current(conn: Connection, row: CommandRow, moved: CommandRow | None) -> CommandView:
+    """The command after an outcome's transition; read again only when the transition did not apply
+    (another process moved it: what it is now is what the waiter should see)."""
+    return _view(moved if moved is not None else repo.get_command(conn, row.id))
 
 
 def _overtaken(conn: Connection, row: CommandRow) -> bool:
