@@ -31,6 +31,7 @@ from openami.services.bootstrap import (
 )
 from openami.services.context import ALL_SCOPES, Platform, RequestScope, Role
 from openami.settings import Settings
+from openami.waiting import wait_until_set
 
 CLI_SCOPE = RequestScope(
     principal="cli:local-admin",
@@ -312,5 +313,4 @@ async def _show_progress(platform: Platform, stop: asyncio.Event) -> None:
             expected, received, failed = current
             _err.print(f"collection: {received + failed}/{expected} meters ({received} read, {failed} failed)")
             last = current
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 2.0)
+        await wait_until_set(stop, 2.0)

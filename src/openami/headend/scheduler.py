@@ -9,7 +9,6 @@ hour. A meter never read since the process started is due at once (catch-up afte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
@@ -19,6 +18,7 @@ from openami.domain.meters import CustomerClass
 from openami.headend.collector import Collector, RunSummary
 from openami.headend.reader import MeterTarget
 from openami.settings import CollectionSettings
+from openami.waiting import wait_until_set
 
 _log = structlog.get_logger("openami.headend")
 _DAY_S = 86_400
@@ -99,5 +99,4 @@ class Scheduler:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - the loop must outlive one bad run; the error is logged
                 _log.exception("headend.scheduler.run_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._tick_s)
+            await wait_until_set(stop, self._tick_s)

@@ -52,6 +52,7 @@ from openami.headend.collector import Collector
 from openami.headend.ping import ping
 from openami.services.outage_inference import Device, Grid, InferenceParameters, Suspect, infer
 from openami.settings import OutageSettings
+from openami.waiting import wait_until_set
 
 __all__ = ["OutageEngine", "Pinger", "changed"]
 
@@ -238,8 +239,7 @@ class OutageEngine:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._next_due())
+            await wait_until_set(self._wake, self._next_due())
             self._wake.clear()
             try:
                 await self._step()

@@ -21,7 +21,6 @@ friendly hours have ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,6 +49,7 @@ from openami.services.prepay_rules import (
     price_energy,
 )
 from openami.settings import PrepaySettings, Settings
+from openami.waiting import wait_until_set
 
 __all__ = [
     "SYSTEM_ACTOR",
@@ -435,8 +435,7 @@ class PrepayEngine:
                 await asyncio.to_thread(self.check)
             except Exception:  # a loop boundary: log and try again next period
                 log.exception("prepay.check_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.prepay.check_interval_s)
+            await wait_until_set(self._wake, self.settings.prepay.check_interval_s)
 
     async def stop(self) -> None:
         """Unsubscribe, then let a check in progress finish its account (its thread cannot be cancelled)."""

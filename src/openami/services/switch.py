@@ -16,7 +16,6 @@ command changes status (a guarded UPDATE and its audit entry, in the caller's tr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -49,6 +48,7 @@ from openami.security.policy import RequestScope, Resource, authorize, visible_m
 from openami.services import switch_guard
 from openami.services.context import Platform
 from openami.services.pki import ca_files
+from openami.waiting import wait_until_set
 
 __all__ = [
     "ACTIONS",
@@ -613,19 +613,6 @@ async def wait_for(platform: Platform, command_id: int, timeout_s: float) -> Com
             if waiting.view is not None:
                 return waiting.view
         read = True
-
-
-async def wait_until_set(event: asyncio.Event, timeout_s: float) -> bool:
-    """Wait for ``event`` at most ``timeout_s``; True if it is set.
-
-    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives in the same loop
-    step as the event is set (it returns the result instead), so a task cancelled at shutdown just as
-    it is woken runs on, and whoever awaits it (``CommandQueue.stop``) waits forever.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
-    return event.is_set()
 
 
 async def _read_view(platform: Platform, command_id: int) -> CommandView:

@@ -45,6 +45,7 @@ from openami.security.keystore import MasterKeyProvider
 from openami.security.policy import RequestScope, Resource, authorize
 from openami.services.context import Platform
 from openami.settings import OutageSettings
+from openami.waiting import wait_until_set
 
 __all__ = [
     "ACTION",
@@ -230,8 +231,7 @@ class WebhookDispatcher:
                 later = 1.0
             if due:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), later)
+            await wait_until_set(self._wake, later)
             self._wake.clear()
 
     def _due(self) -> tuple[list[Delivery], float]:

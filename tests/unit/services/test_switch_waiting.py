@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from openami.services.switch import wait_until_set
+from openami.waiting import wait_until_set
 
 
 async def _wait_three_times(event: asyncio.Event) -> str:
