@@ -255,8 +255,13 @@ class OutageEngine:
         return max(0.01, min(dues))
 
     def _group_due(self) -> float:
+        """``quiet_s`` after the group's last gasp, at most ``settle_s`` after its first; a storm's group
+        (``storm_gasps`` or more, still arriving) waits up to ``storm_settle_s``: its devices are big,
+        and a decision on the first share of their gasps names hundreds of small ones instead."""
         assert self._group_first is not None
-        return min(self._group_last + self._settings.quiet_s, self._group_first + self._settings.settle_s)
+        settings = self._settings
+        settle = settings.storm_settle_s if len(self._pending) >= settings.storm_gasps else settings.settle_s
+        return min(self._group_last + settings.quiet_s, self._group_first + max(settle, settings.settle_s))
 
     def _restore_due(self, state: _Open) -> float:
         assert state.first_up is not None
