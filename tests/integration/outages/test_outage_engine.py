@@ -61,8 +61,14 @@ class World:
 
 
 @pytest.fixture
-async def world(engine: Engine, tmp_path: Path) -> AsyncIterator[World]:
-    platform = build_platform(Settings(data_dir=tmp_path, outages=FAST), engine=engine)
+def outage_settings(request: pytest.FixtureRequest) -> OutageSettings:
+    """FAST, or what a test gives with ``@pytest.mark.parametrize("outage_settings", [...], indirect=True)``."""
+    return getattr(request, "param", FAST)
+
+
+@pytest.fixture
+async def world(engine: Engine, tmp_path: Path, outage_settings: OutageSettings) -> AsyncIterator[World]:
+    platform = build_platform(Settings(data_dir=tmp_path, outages=outage_settings), engine=engine)
     ids = add_grid_meters(engine)
     import_topology(platform, OPERATOR, grid_csv())
     powered = set(ids)
@@ -73,7 +79,7 @@ async def world(engine: Engine, tmp_path: Path) -> AsyncIterator[World]:
         return meter in powered
 
     outages = OutageEngine(
-        engine, platform.bus, platform.collector, FAST, pinger=pinger, backlog=lambda: holder[0].queued
+        engine, platform.bus, platform.collector, outage_settings, pinger=pinger, backlog=lambda: holder[0].queued
     )
     w = World(platform, outages, ids, powered)
     holder.append(w)
@@ -229,6 +235,24 @@ async def test_verification_waits_for_queued_events_then_verifies_every_due_outa
     world.queued = 0
     await _until(lambda: all(repo_state(world, o.id) == "restored" for o in opened), "both verifications")
     assert sorted(world.pinged) == sorted(meters[-1] for meters in feeders)  # only the silent ones, once each
+
+
+STORMY = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 2.0})
+
+
+@pytest.mark.parametrize(("outage_settings", "groups"), [(FAST, 2), (STORMY, 1)], indirect=["outage_settings"])
+async def test_a_storm_group_waits_for_storm_settle_s_while_its_gasps_still_arrive(world: World, groups: int) -> None:
+    first, second = feeder_meters(world.ids, "SS1-F1"), feeder_meters(world.ids, "SS2-F1")
+    world.power_off(first + second)
+    gasping = first + second  # one feeder's gasps, then the other's
+    started = int(time.time()) - 30
+    for i in range(0, len(gasping), 3):  # for ~1.2 s: longer than settle_s, never quiet_s apart
+        await world.events(EventCode.POWER_DOWN, gasping[i : i + 3], started)
+        await asyncio.sleep(1.2 / (len(gasping) / 3))
+    await _until(lambda: len(_outages(world, "open")) == 2, "the two feeder outages")
+    await asyncio.sleep(STORMY.storm_settle_s)
+    assert world.engine.decisions == groups  # a storm: one group; otherwise each feeder's gasps are one
+    assert _devices(_outages(world, "open")) == {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
 
 
 async def test_a_transformer_outage_already_open_becomes_the_child_of_its_feeders_outage(world: World) -> None:
