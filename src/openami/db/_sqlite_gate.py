@@ -26,11 +26,14 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import structlog
+
 __all__ = ["GatedConnection", "bulk_writes", "gate_for"]
 
 _WRITE_VERBS = frozenset(
     {"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE", "WITH"}
 )
+_log = structlog.get_logger("openami.db")
 BULK_PATIENCE_S = 1.0
 """How long a bulk writer lets other writers go first before it takes its turn anyway."""
 
@@ -167,6 +170,8 @@ class GatedConnection(sqlite3.Connection):
     def before(self, sql: str) -> None:
         if not self._holding and _writes(sql):
             self._holding = self._gate.acquire(self, bulk=_bulk.get(), timeout_s=self._timeout_s)
+            if not self._holding:  # another writer of this process held the write lock all that time
+                _log.warning("db.sqlite.gate-timeout", waited_s=self._timeout_s, bulk=_bulk.get())
 
     def after(self) -> None:
         if self._holding and not self.in_transaction:  # autocommitted, or failed before beginning

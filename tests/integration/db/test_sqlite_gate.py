@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from openami.db._sqlite_gate import GatedConnection, bulk_writes, gate_for
 from openami.db.engine import create_engine
@@ -106,3 +107,18 @@ def test_engines_open_gated_connections(tmp_path: Path) -> None:
             assert isinstance(conn.connection.driver_connection, GatedConnection)
     finally:
         engine.dispose()
+
+
+def test_a_writer_that_waits_out_the_gate_is_logged_and_meets_sqlites_own_lock(db: Path) -> None:
+    holder = _connect(db)
+    holder.execute("INSERT INTO t VALUES ('holder')")  # holds the gate (and SQLite's write lock)
+    late = sqlite3.connect(db, timeout=0.2, factory=GatedConnection, check_same_thread=False)
+    try:
+        with capture_logs() as logs, pytest.raises(sqlite3.OperationalError, match="locked"):
+            late.execute("INSERT INTO t VALUES ('late')")
+        assert [entry["event"] for entry in logs] == ["db.sqlite.gate-timeout"]
+        assert logs[0]["waited_s"] == pytest.approx(0.2)
+    finally:
+        holder.commit()
+        holder.close()
+        late.close()
