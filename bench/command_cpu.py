@@ -20,6 +20,7 @@ import json
 import os
 import re
 import resource
+import sys
 import tempfile
 import threading
 import time
@@ -30,20 +31,24 @@ from typing import Any
 
 from rich.console import Console
 
-from openami.cli import loop
-from openami.db.engine import create_engine
-from openami.db.migrations import upgrade
-from openami.security import command_authority
-from openami.security.keystore import master_key_provider
-from openami.security.policy import ALL_SCOPES, RequestScope, Role
-from openami.services import switch as switch_services
-from openami.services.bootstrap import build_platform, stop_platform
-from openami.services.context import Platform
-from openami.services.meters import import_commissioning
-from openami.services.pki import ca_files
-from openami.settings import CollectionSettings, GuardSettings, PushSettings, Settings, SwitchSettings
-from openami.sim.fleet import FleetConfig
-from openami.sim.runner import start_fleet_processes
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))  # _common
+
+from _common import command_bench_settings  # noqa: E402
+from openami.cli import loop  # noqa: E402
+from openami.db.engine import create_engine  # noqa: E402
+from openami.db.migrations import upgrade  # noqa: E402
+from openami.security import command_authority  # noqa: E402
+from openami.security.keystore import master_key_provider  # noqa: E402
+from openami.security.policy import ALL_SCOPES, RequestScope, Role  # noqa: E402
+from openami.services import switch as switch_services  # noqa: E402
+from openami.services.bootstrap import build_platform, stop_platform  # noqa: E402
+from openami.services.context import Platform  # noqa: E402
+from openami.services.meters import import_commissioning  # noqa: E402
+from openami.services.pki import ca_files  # noqa: E402
+from openami.settings import CollectionSettings, PushSettings  # noqa: E402
+from openami.sim.fleet import FleetConfig  # noqa: E402
+from openami.sim.runner import start_fleet_processes  # noqa: E402
 
 OPERATOR = RequestScope("bench:operator", frozenset({Role.AMI_OPERATOR}), frozenset({ALL_SCOPES}))
 WARM_UP_METERS = 5
@@ -122,18 +127,6 @@ async def _measure(platform: Platform, args: argparse.Namespace, console: Consol
     }
 
 
-def _settings(tmp: Path, url: str) -> Settings:
-    unlimited = 10_000_000  # the guard's rate limits would (rightly) stop a bench's disconnects
-    return Settings(
-        data_dir=tmp,
-        database_url=url,
-        collection=CollectionSettings(catch_up_days=1, retries=1, timeout_s=10),
-        switch=SwitchSettings(poll_s=0.2),
-        guard=GuardSettings(max_disconnects_fleet=unlimited, max_disconnects_area=unlimited),
-        push=PushSettings(enabled=False),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="openami bench command_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--meters", type=int, default=500, help="simulated meters (one worker process)")
@@ -146,7 +139,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="openami-bench-command-cpu-") as tmp_name:
         tmp = Path(tmp_name)
         url = f"sqlite:///{tmp}/bench.sqlite3"
-        settings = _settings(tmp, url)
+        settings = command_bench_settings(
+            tmp, url, collection=CollectionSettings(catch_up_days=1, retries=1, timeout_s=10),
+            push=PushSettings(enabled=False),
+        )  # fmt: skip
         engine = create_engine(url)
         upgrade(engine)
         with engine.begin() as conn:

@@ -47,8 +47,10 @@ import sqlalchemy as sa
 from rich.console import Console
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))  # _common
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQL
 
+from _common import command_bench_settings  # noqa: E402
 from openami import logging as oam_logging  # noqa: E402
 from openami.cli import loop  # noqa: E402
 from openami.db import outages as outage_repo  # noqa: E402
@@ -69,11 +71,7 @@ from openami.services.pki import ca_files  # noqa: E402
 from openami.services.switch import CommandRequest  # noqa: E402
 from openami.settings import (  # noqa: E402
     CollectionSettings,
-    GuardSettings,
-    OutageSettings,
     PushSettings,
-    Settings,
-    SwitchSettings,
 )
 from openami.sim.fleet import MAX_METERS_PER_PROCESS, PUSH_TRANSPORTS, Fleet, FleetConfig  # noqa: E402
 from openami.sim.runner import FleetHandle, start_fleet_processes  # noqa: E402
@@ -366,19 +364,6 @@ async def _run(platform: Platform, handle: FleetHandle, args: argparse.Namespace
     return result
 
 
-def _settings(tmp: Path, url: str) -> Settings:
-    unlimited = 10_000_000  # the guard's rate limits would (rightly) stop a bench's disconnects
-    return Settings(
-        data_dir=tmp,
-        database_url=url,
-        collection=CollectionSettings(catch_up_days=1, retries=0, timeout_s=5),
-        switch=SwitchSettings(poll_s=0.2),
-        guard=GuardSettings(max_disconnects_fleet=unlimited, max_disconnects_area=unlimited),
-        push=PushSettings(port=0),
-        outages=OutageSettings(),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="openami bench storm", description=__doc__.splitlines()[0])
     parser.add_argument("--meters", type=int, default=100_000)
@@ -404,7 +389,9 @@ def main() -> None:
 
             cluster = PostgresCluster.start(durable=True)
             url = cluster.url("postgres")
-        settings = _settings(tmp, url)
+        settings = command_bench_settings(
+            tmp, url, collection=CollectionSettings(catch_up_days=1, retries=0, timeout_s=5), push=PushSettings(port=0)
+        )
         engine = create_engine(url)
         upgrade(engine)
         with engine.begin() as conn:
