@@ -232,12 +232,13 @@ async def test_verification_waits_for_queued_events_then_verifies_every_due_outa
     assert world.pinged == []  # due long ago, but the silent meters' power-ups may be queued: nobody pinged
     assert {str(o.state) for o in _outages(world, "open")} == {"open"}
     await world.events(EventCode.POWER_UP, [m for meters in feeders for m in meters[1:-1]])  # the queue drains
+    await world.platform.bus.drain()  # the engine has seen them before it hears the queue is empty
     world.queued = 0
     await _until(lambda: all(repo_state(world, o.id) == "restored" for o in opened), "both verifications")
     assert sorted(world.pinged) == sorted(meters[-1] for meters in feeders)  # only the silent ones, once each
 
 
-STORMY = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 2.0})
+STORMY = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 2.0, "quiet_s": 0.5})  # 0.5: a busy CI
 
 
 @pytest.mark.parametrize(("outage_settings", "groups"), [(FAST, 2), (STORMY, 1)], indirect=["outage_settings"])
@@ -249,10 +250,12 @@ async def test_a_storm_group_waits_for_storm_settle_s_while_its_gasps_still_arri
     for i in range(0, len(gasping), 3):  # for ~1.2 s: longer than settle_s, never quiet_s apart
         await world.events(EventCode.POWER_DOWN, gasping[i : i + 3], started)
         await asyncio.sleep(1.2 / (len(gasping) / 3))
-    await _until(lambda: len(_outages(world, "open")) == 2, "the two feeder outages")
+    feeders = {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
+    await _until(lambda: feeders <= _devices(_outages(world, "open")), "the two feeder outages")
     await asyncio.sleep(STORMY.storm_settle_s)
-    assert world.engine.decisions == groups  # a storm: one group; otherwise each feeder's gasps are one
-    assert _devices(_outages(world, "open")) == {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
+    # a storm: one group; otherwise the first feeder's gasps are decided before the second's arrive
+    assert world.engine.decisions == groups if groups == 1 else world.engine.decisions >= groups
+    assert _devices([o for o in _outages(world, "open") if o.parent_id is None]) == feeders
 
 
 async def test_a_transformer_outage_already_open_becomes_the_child_of_its_feeders_outage(world: World) -> None:
