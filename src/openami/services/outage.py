@@ -19,9 +19,9 @@ in memory. The steps (docs/outages.md):
    back) a child outage is opened. Power back within ``momentary_s`` of the start makes it momentary.
    While the event pipeline still holds queued notifications (power-ups not yet seen) verification
    waits for them (at most ``_BACKLOG_WAIT_MAX_S``), and all outages due at once are verified with
-   one round of pings and one transaction.
+   one round of pings, written in transactions of ~5,000 affected meters.
 
-Every change is written in one transaction and published on ``OUTAGES_CHANGED`` (the OMS feed).
+Every change to an outage is written whole in one transaction and published on ``OUTAGES_CHANGED`` (the OMS feed).
 Events are de-duplicated on (meter, code, meter time) and may arrive in any order: a power-up older
 than the meter's last gasp does not end it, a gasp older than its power-up is momentary.
 """
@@ -500,7 +500,7 @@ class OutageEngine:
 
     async def _verify(self, states: list[_Open]) -> None:
         """Ping the meters of ``states`` that did not report back, all at once; list those still dark,
-        open child outages for devices that stay dark, and write every verification in one transaction.
+        open child outages for devices that stay dark; each verification is written whole (``_write_chunked``).
 
         Verifying outages together matters in a storm: a feeder-level outage restores hundreds of
         devices' outages within seconds, and one round of pings for all of them takes what one takes."""
