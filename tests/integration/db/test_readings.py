@@ -115,6 +115,25 @@ def test_same_key_twice_in_one_batch_is_applied_in_order(engine: Engine) -> None
         assert [(v.version, v.value) for v in read_versions(conn, meter, IMP, T0)] == [(1, 1.0), (2, 2.0)]
 
 
+def test_new_key_twice_in_one_batch_keeps_the_estimate_rule(engine: Engine) -> None:
+    # SQLite stores a batch's new rows first and applies the rest in a second pass: a key new to the
+    # table given twice must still end as one upsert after the other would leave it
+    with engine.begin() as conn:
+        a, b = add_meters(conn, 2)
+    estimated = int(Quality.ESTIMATED)
+    rows = [
+        (a, IMP, T0, 1.0, estimated, EST, RECV), (a, IMP, T0, 2.0, 0, METER, RECV + 1),  # actual replaces estimate
+        (b, IMP, T0, 3.0, 0, METER, RECV), (b, IMP, T0, 4.0, estimated, EST, RECV + 1),  # estimate does not
+        (b, EXP, T0, 0.0, 0, METER, RECV), (b, EXP, T0, 0.0, 0, METER, RECV),  # the same row twice
+    ]  # fmt: skip
+    assert write(engine, rows) == IngestCounts(3, 1, 2)
+    with engine.connect() as conn:
+        history = {key: read_versions(conn, key[0], key[1], T0) for key in ((a, IMP), (b, IMP), (b, EXP))}
+    assert [(v.version, v.source, v.value) for v in history[a, IMP]] == [(1, EST, 1.0), (2, METER, 2.0)]
+    assert [(v.version, v.source, v.value) for v in history[b, IMP]] == [(1, METER, 3.0)]
+    assert [(v.version, v.value) for v in history[b, EXP]] == [(1, 0.0)]
+
+
 def test_mixed_batch_of_new_rereads_and_corrections(engine: Engine) -> None:
     with engine.begin() as conn:
         a, b, c = add_meters(conn, 3)
