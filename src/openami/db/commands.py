@@ -23,6 +23,7 @@ from openami.errors import NotFound
 __all__ = [
     "CommandRow",
     "due_commands",
+    "due_commands_with_highest_sent",
     "find_by_idempotency_key",
     "get_command",
     "highest_sent_counter",
@@ -130,6 +131,20 @@ _HIGHEST_SENT = sa.select(sa.func.max(sc.c.counter)).where(
     sc.c.meter_id == sa.bindparam("meter_id"),
     sa.or_(sc.c.sent_at.is_not(None), sc.c.status.in_(("sent", "confirmed", "failed"))),
 )
+_DUE_ROWS = _DUE.subquery("due")
+_SENT_BEFORE = sa.alias(sc, "sent_before")
+_DUE_WITH_HIGHEST_SENT = sa.select(
+    *(_DUE_ROWS.c[name] for name in _FIELDS),
+    sa.select(sa.func.max(_SENT_BEFORE.c.counter))
+    .where(
+        _SENT_BEFORE.c.meter_id == _DUE_ROWS.c.meter_id,
+        sa.or_(_SENT_BEFORE.c.sent_at.is_not(None), _SENT_BEFORE.c.status.in_(("sent", "confirmed", "failed"))),
+    )
+    .scalar_subquery(),
+).order_by(_DUE_ROWS.c.priority.desc(), _DUE_ROWS.c.counter)
+"""``_DUE`` and, per row, what ``_HIGHEST_SENT`` says for its meter: the claim needs both, and one statement
+costs less than one for the due commands and one per command claimed (the subquery runs on the rows
+the limit kept, not on every due command)."""
 
 
 def _from_tuple(row: Sequence[Any]) -> CommandRow:
@@ -202,6 +217,16 @@ def list_commands(  # noqa: PLR0913 - one optional keyword per filter the API an
 def due_commands(conn: Connection, *, now: datetime, limit: int) -> list[CommandRow]:
     """Queued commands whose time has come, highest priority first, then in counter order."""
     return [_from_tuple(r) for r in conn.execute(_DUE, {"now": now, "limit": limit})]
+
+
+def due_commands_with_highest_sent(
+    conn: Connection, *, now: datetime, limit: int
+) -> list[tuple[CommandRow, int | None]]:
+    """``due_commands``, each with ``highest_sent_counter`` of its meter (None: nothing sent to it yet)."""
+    return [
+        (_from_tuple(r[:-1]), None if r[-1] is None else int(r[-1]))
+        for r in conn.execute(_DUE_WITH_HIGHEST_SENT, {"now": now, "limit": limit})
+    ]
 
 
 def overdue_commands(conn: Connection, *, now: datetime) -> list[CommandRow]:

@@ -167,7 +167,6 @@ class CounterStore:
 
 
 def _reserve(conn: Connection, meter_id: int, key_version: int | None, now: datetime) -> tuple[int, int | None]:
-    first = counter_repo.reserve_client_ics(conn, meter_id, CLIENT_IC_BLOCK, now=now)
-    stored, stored_version = counter_repo.get_for_key(conn, meter_id)
+    first, stored, stored_version = counter_repo.reserve_session(conn, meter_id, CLIENT_IC_BLOCK, now=now)
     same_key = key_version is None or stored_version == key_version
     return first, stored.server_ic_last if same_key else None

@@ -460,7 +460,8 @@ def _submit(
         for meter in found:
             _check_switch(meter)
         _check_conflicts(conn, requests)
-        admission = switch_guard.admit(conn, scope, requests[0].command, [m.id for m in found], now=now)
+        areas = {m.id: m.area for m in found}  # read by _meter just now, with the join the guard uses
+        admission = switch_guard.admit(conn, scope, requests[0].command, list(areas), now=now, areas=areas)
         status = "queued" if admission.state == "admitted" else "awaiting-approval"
         batch_id = admission.batch_id if admission.batch_id is not None else requests[0].batch_id
         rows = [

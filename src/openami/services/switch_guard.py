@@ -138,16 +138,26 @@ def current_settings() -> GuardSettings:
 # --- admission -----------------------------------------------------------------------------------
 
 
-def admit(conn: Connection, scope: RequestScope, command: str, meter_ids: Sequence[int], *, now: datetime) -> Admission:
+def admit(
+    conn: Connection,
+    scope: RequestScope,
+    command: str,
+    meter_ids: Sequence[int],
+    *,
+    now: datetime,
+    areas: Mapping[int, str | None] | None = None,
+) -> Admission:
     """Decide whether a batch of ``command`` ("disconnect", ...) on ``meter_ids`` may be queued now.
 
     Raises ``GuardRefused`` (HTTP 429: a rate limit) or ``IgnoringDisconnects`` (409: the area's
     meters ignore disconnects), audited in their own transaction; returns "awaiting-approval" with a
-    batch id when the batch needs a second approver. Call it before writing in ``conn``.
+    batch id when the batch needs a second approver. Call it before writing in ``conn``. ``areas``:
+    each meter's area when the caller has just read it in ``conn`` (``services.switch`` has: one
+    query less per submission); read here otherwise.
     """
     settings = current_settings()
     guarded = command in DISCONNECTS or command in settings.approval_commands
-    areas = db.areas_of(conn, meter_ids)
+    areas = db.areas_of(conn, meter_ids) if areas is None else {m: areas[m] for m in sorted(set(meter_ids))}
     if guarded:
         _serialise(conn, scope, command, areas, settings, now)
     if command in settings.approval_commands and len(areas) > settings.approval_batch_size:

@@ -86,6 +86,10 @@ class CommandQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_recovery = 0.0  # loop time of the next look for commands left "sent" by a stopped process
         self._next_expiry = 0.0  # loop time of the next look for commands whose validity ended
+        # Due commands are looked for every poll_s, and at once after a submission or when the last look
+        # left some (busy meter, no free slot): not when only outcomes arrived, which make none due.
+        self._look = True
+        self._next_look = 0.0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -108,6 +112,7 @@ class CommandQueue:
         def notify() -> None:
             for view in views:
                 self._publish(view, view.created_at if view.status != "cancelled" else view.updated_at)
+            self._look = True
             self._wake.set()
 
         try:
@@ -167,20 +172,26 @@ class CommandQueue:
         if loop.time() >= self._next_recovery:
             self._next_recovery = loop.time() + self._settings.stale_sent_s / 4
             await self.db(self._recover_stale)
+            self._look = True  # it may have queued some again
         if loop.time() >= self._next_expiry:
             self._next_expiry = loop.time() + self._settings.poll_s
             for view in await self.db(self._expire_overdue):
                 self._publish(view, view.updated_at)
         outcomes, self._outcomes = self._outcomes, []
         free = self._settings.slots * 8 - len(self._busy)  # claimed ahead: sessions wait for a slot, not a claim
-        if free <= 0 and not outcomes:
+        look = (self._look or loop.time() >= self._next_look) and free > 0
+        if not look and not outcomes:
             return
+        if look:  # cleared before the claim: a submission arriving during it asks for the next look
+            self._look, self._next_look = False, loop.time() + self._settings.poll_s
         try:
-            claimed, views = await self.db(self._write, outcomes, max(0, free), frozenset(self._busy))
+            claimed, views, left = await self.db(self._write, outcomes, free if look else 0, frozenset(self._busy))
         except Exception:
+            self._look = self._look or look
             if outcomes:  # a failed claim must not take the outcomes with it: they get a transaction of their own
                 await self._record_alone(outcomes)
             raise
+        self._look = self._look or left
         for (*_, future), view in zip(outcomes, views, strict=True):
             if not future.done():
                 future.set_result(view)
@@ -193,36 +204,47 @@ class CommandQueue:
 
     def _write(
         self, outcomes: list[_Outcome], limit: int, busy: frozenset[int]
-    ) -> tuple[list[CommandRow], list[CommandView]]:
-        """One look at the queue in ONE transaction: claim up to ``limit`` due commands, then record the
-        outcomes that arrived since the last look (a write transaction costs more CPU than its statements:
-        one per look, not one for the claim and one for the outcomes). The claim goes first: it may take
-        the authority's counter, which every writer takes before the audit chain's head."""
+    ) -> tuple[list[CommandRow], list[CommandView], bool]:
+        """One look at the queue in ONE transaction: claim up to ``limit`` due commands (none: 0), then
+        record the outcomes that arrived since the last look (a write transaction costs more CPU than its
+        statements: one per look, not one for the claim and one for the outcomes). The claim goes first:
+        it may take the authority's counter, which every writer takes before the audit chain's head.
+        Also returns whether the claim left due commands behind (see ``_claim``)."""
         now = self._platform.now()
         with self._platform.engine.begin() as conn:
-            claimed = self._claim(conn, limit, busy, now) if limit > 0 else []
+            claimed, left = self._claim(conn, limit, busy, now) if limit > 0 else ([], False)
             views = [step(self, conn, row, *args, now=now) for step, row, args, _ in outcomes]
-        return claimed, views
+        return claimed, views, left
 
-    def _claim(self, conn: Connection, limit: int, busy: frozenset[int], now: datetime) -> list[CommandRow]:
+    def _claim(
+        self, conn: Connection, limit: int, busy: frozenset[int], now: datetime
+    ) -> tuple[list[CommandRow], bool]:
         """Move up to ``limit`` due commands queued → sent in ``conn`` (one write, however many): highest
-        priority first, one per meter not already busy, in counter order per meter."""
+        priority first, one per meter not already busy, in counter order per meter. Also returns whether
+        due commands may be left (for a busy meter, beyond the limit, or taken meanwhile by another
+        process): the next look then comes with the next wake-up, not after poll_s."""
         claimed: list[CommandRow] = []
         taken = set(busy)
-        picked = []
-        for row in repo.due_commands(conn, now=now, limit=limit + len(busy)):
+        picked: list[tuple[CommandRow, int | None]] = []
+        due = repo.due_commands_with_highest_sent(conn, now=now, limit=limit + len(busy))
+        for row, highest_sent in due:
             if row.meter_id not in taken:  # one command at a time per meter
                 taken.add(row.meter_id)
-                picked.append(row)
+                picked.append((row, highest_sent))
         picked = picked[:limit]
         # Locks in the order submit takes them: the authority's counter row before the audit chain's
         # head (every _move appends to it), or a claim and a submission could deadlock on PostgreSQL.
-        fresh = {row.id: authority_core.take_counter(conn) for row in picked if _overtaken(conn, row)}
-        for row in picked:
+        # Overtaken: the meter was already sent a higher counter than this command's.
+        fresh = {
+            row.id: authority_core.take_counter(conn)
+            for row, highest_sent in picked
+            if highest_sent is not None and highest_sent > row.counter
+        }
+        for row, _ in picked:
             sending = self._mark_sent(conn, row, fresh.get(row.id), now)
             if sending is not None:
                 claimed.append(sending)
-        return claimed
+        return claimed, len(claimed) < len(due) or len(due) >= limit + len(busy)
 
     def _expire_overdue(self) -> list[CommandView]:
         now = self._platform.now()
@@ -368,12 +390,6 @@ def _current(conn: Connection, row: CommandRow, moved: CommandRow | None) -> Com
     """The command after an outcome's transition; read again only when the transition did not apply
     (another process moved it: what it is now is what the waiter should see)."""
     return _view(moved if moved is not None else repo.get_command(conn, row.id))
-
-
-def _overtaken(conn: Connection, row: CommandRow) -> bool:
-    """True when the meter was already sent a higher counter than this command's."""
-    highest = repo.highest_sent_counter(conn, row.meter_id)
-    return highest is not None and highest > row.counter
 
 
 def _resign(conn: Connection, platform: Platform, row: CommandRow, counter: int, now: datetime) -> dict[str, Any]:
