@@ -47,9 +47,9 @@ def test_two_queues_claiming_at_once_never_take_the_same_command(engine: Engine,
 
     def claim(i: int) -> None:
         start.wait()
-        rows, views = queues[i]._write([], 100, frozenset())
+        rows, views, _left = queues[i]._write([], 100, frozenset(), queues[i]._platform.collector.counters.mark())
         assert views == []
-        claimed[i] = rows
+        claimed[i] = [row for row, _reserved in rows]
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
     for thread in threads:
