@@ -7,6 +7,7 @@ change in the same transaction. The signed bytes are stored as the meter receive
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -100,11 +101,29 @@ _COLUMNS = tuple(sc.c[name] for name in _FIELDS)  # a row comes back in CommandR
 _ENVELOPE, _SIGNATURE = _FIELDS.index("envelope"), _FIELDS.index("signature")
 _INSERT = sa.insert(sc).returning(*_COLUMNS)
 _BY_ID = sa.select(*_COLUMNS).where(sc.c.id == sa.bindparam("command_id"))
-_TRANSITION = (
-    sa.update(sc)
-    .where(sc.c.id == sa.bindparam("where_id"), sc.c.status.in_(sa.bindparam("where_statuses", expanding=True)))
-    .returning(*_COLUMNS)
-)
+
+
+def _one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN values`` as equalities: an IN list is rendered again at every execution (about as much
+    CPU as SQLite takes to run the statement); equalities are compiled once with the statement."""
+    return sa.or_(*(column == value for value in values))
+
+
+@functools.cache
+def _transition_from(statuses: tuple[str, ...]) -> sa.Update:
+    return sa.update(sc).where(sc.c.id == sa.bindparam("where_id"), _one_of(sc.c.status, statuses)).returning(*_COLUMNS)
+
+
+@functools.cache
+def _open_of_one(statuses: tuple[str, ...]) -> sa.Select[Any]:
+    """``_OPEN_OF`` for one meter (a submission's conflict check)."""
+    return (
+        sa.select(*_COLUMNS)
+        .where(sc.c.meter_id == sa.bindparam("meter_id"), _one_of(sc.c.status, statuses))
+        .order_by(sc.c.counter)
+    )
+
+
 _OPEN_OF = (
     sa.select(*_COLUMNS)
     .where(sc.c.meter_id.in_(sa.bindparam("meter_ids", expanding=True)),
@@ -127,9 +146,9 @@ _OVERDUE = (
 _STALE_SENT = (
     sa.select(*_COLUMNS).where(sc.c.status == "sent", sc.c.updated_at < sa.bindparam("before")).order_by(sc.c.id)
 )
+_WAS_SENT = ("sent", "confirmed", "failed")
 _HIGHEST_SENT = sa.select(sa.func.max(sc.c.counter)).where(
-    sc.c.meter_id == sa.bindparam("meter_id"),
-    sa.or_(sc.c.sent_at.is_not(None), sc.c.status.in_(("sent", "confirmed", "failed"))),
+    sc.c.meter_id == sa.bindparam("meter_id"), sa.or_(sc.c.sent_at.is_not(None), _one_of(sc.c.status, _WAS_SENT))
 )
 _DUE_ROWS = _DUE.subquery("due")
 _SENT_BEFORE = sa.alias(sc, "sent_before")
@@ -138,7 +157,7 @@ _DUE_WITH_HIGHEST_SENT = sa.select(
     sa.select(sa.func.max(_SENT_BEFORE.c.counter))
     .where(
         _SENT_BEFORE.c.meter_id == _DUE_ROWS.c.meter_id,
-        sa.or_(_SENT_BEFORE.c.sent_at.is_not(None), _SENT_BEFORE.c.status.in_(("sent", "confirmed", "failed"))),
+        sa.or_(_SENT_BEFORE.c.sent_at.is_not(None), _one_of(_SENT_BEFORE.c.status, _WAS_SENT)),
     )
     .scalar_subquery(),
 ).order_by(_DUE_ROWS.c.priority.desc(), _DUE_ROWS.c.counter)
@@ -186,6 +205,9 @@ def open_commands_of(conn: Connection, meter_ids: Collection[int], statuses: Col
     """Commands of ``meter_ids`` in one of ``statuses`` (the conflict check of a submission)."""
     if not meter_ids:
         return []
+    if len(meter_ids) == 1:
+        (meter_id,) = meter_ids
+        return [_from_tuple(r) for r in conn.execute(_open_of_one(tuple(sorted(statuses))), {"meter_id": meter_id})]
     params = {"meter_ids": sorted(meter_ids), "statuses": sorted(statuses)}
     return [_from_tuple(r) for r in conn.execute(_OPEN_OF, params)]
 
@@ -253,6 +275,6 @@ def transition(
     Returns the command as it is after the change (RETURNING: the caller needs no read after it), or
     None when it was in another status (another worker moved it first: nothing was written).
     """
-    params = {**values, "where_id": command_id, "where_statuses": sorted(from_statuses)}  # SET: the other keys
-    row = conn.execute(_TRANSITION, params).one_or_none()
+    params = {**values, "where_id": command_id}  # SET: the other keys
+    row = conn.execute(_transition_from(tuple(sorted(from_statuses))), params).one_or_none()
     return None if row is None else _from_tuple(row)

@@ -119,6 +119,16 @@ _DISCONNECTS_PER_AREA = (
 _IGNORING = sa.select(t.guard_area_modes.c.area).where(
     t.guard_area_modes.c.area.in_(sa.bindparam("areas", expanding=True)), t.guard_area_modes.c.ignore_disconnects
 )
+# One area (a single command's): an IN list is rendered again at every execution, an equality is not.
+_DISCONNECTS_IN_AREA = (
+    sa.select(t.guard_disconnects.c.area, sa.func.count())
+    .where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since"),
+           t.guard_disconnects.c.area == sa.bindparam("area"))
+    .group_by(t.guard_disconnects.c.area)
+)  # fmt: skip
+_IGNORING_ONE = sa.select(t.guard_area_modes.c.area).where(
+    t.guard_area_modes.c.area == sa.bindparam("area"), t.guard_area_modes.c.ignore_disconnects
+)
 _RECORD_DISCONNECT = sa.insert(t.guard_disconnects)
 
 
@@ -146,7 +156,11 @@ def count_disconnects(conn: Connection, since: datetime, areas: Iterable[str] | 
     total = conn.execute(_DISCONNECTS_SINCE, {"since": since}).scalar_one()
     counts: dict[str | None, int] = {None: int(total)}
     wanted = sorted(set(areas or ()))
-    if wanted:
+    if len(wanted) == 1:
+        per_area = conn.execute(_DISCONNECTS_IN_AREA, {"since": since, "area": wanted[0]})
+        counts.update({area: int(n) for area, n in per_area})
+        counts.update({area: 0 for area in wanted if area not in counts})
+    elif wanted:
         per_area = conn.execute(_DISCONNECTS_PER_AREA, {"since": since, "areas": wanted})
         counts.update({area: int(n) for area, n in per_area})
         counts.update({area: 0 for area in wanted if area not in counts})
@@ -346,6 +360,8 @@ def ignoring_areas(conn: Connection, areas: Iterable[str | None]) -> set[str]:
     wanted = sorted({a for a in areas if a is not None})
     if not wanted:
         return set()
+    if len(wanted) == 1:
+        return {str(a) for a in conn.execute(_IGNORING_ONE, {"area": wanted[0]}).scalars()}
     return {str(a) for a in conn.execute(_IGNORING, {"areas": wanted}).scalars()}
 
 
