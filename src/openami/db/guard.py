@@ -129,6 +129,13 @@ _DISCONNECTS_IN_AREA = (
 _IGNORING_ONE = sa.select(t.guard_area_modes.c.area).where(
     t.guard_area_modes.c.area == sa.bindparam("area"), t.guard_area_modes.c.ignore_disconnects
 )
+_ONE_AREA_CHECKS = sa.select(  # what the guard checks for one area, in one round trip
+    sa.select(sa.func.count()).where(t.guard_area_modes.c.area == sa.bindparam("area"),
+                                     t.guard_area_modes.c.ignore_disconnects).scalar_subquery(),
+    sa.select(sa.func.count()).where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since")).scalar_subquery(),
+    sa.select(sa.func.count()).where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since"),
+                                     t.guard_disconnects.c.area == sa.bindparam("area")).scalar_subquery(),
+)  # fmt: skip
 _RECORD_DISCONNECT = sa.insert(t.guard_disconnects)
 
 
@@ -149,6 +156,13 @@ def meters_in_area(conn: Connection, area: str) -> list[int]:
 
 
 # --- rate limits ---------------------------------------------------------------------------------
+
+
+def area_checks(conn: Connection, since: datetime, area: str | None) -> tuple[bool, int, int]:
+    """For one area (None: a meter outside the topology, which no mode or area limit covers): whether it is in
+    ignore-disconnects mode, the disconnects admitted at or after ``since`` fleet-wide and in the area."""
+    ignoring, fleet, in_area = conn.execute(_ONE_AREA_CHECKS, {"since": since, "area": area}).one()
+    return bool(ignoring) and area is not None, int(fleet), int(in_area) if area is not None else 0
 
 
 def count_disconnects(conn: Connection, since: datetime, areas: Iterable[str] | None = None) -> dict[str | None, int]:

@@ -210,12 +210,20 @@ def _check_disconnects(
 ) -> None:
     """Refuse (audited) disconnects to an area in ignore-disconnects mode, or over a rate limit."""
     refuse = _refuse if audit_own else _raise
-    ignoring = db.ignoring_areas(conn, areas.values())
+    since = now - timedelta(seconds=settings.rate_window_s)
+    counts: dict[str | None, int] | None = None
+    if len(areas) == 1:  # one command: every check in one statement
+        (area,) = areas.values()
+        mode_on, fleet, in_area = db.area_checks(conn, since, area)
+        ignoring = {area} if mode_on and area is not None else set()
+        counts = {None: fleet} | ({area: in_area} if area is not None else {})
+    else:
+        ignoring = db.ignoring_areas(conn, areas.values())
     if ignoring:
         names = ", ".join(sorted(ignoring))
         refuse(conn, scope, IgnoringDisconnects(f"area {names} is in ignore-disconnects mode until cleared"), now)
-    since = now - timedelta(seconds=settings.rate_window_s)
-    counts = db.count_disconnects(conn, since, (a for a in areas.values() if a is not None))
+    if counts is None:
+        counts = db.count_disconnects(conn, since, (a for a in areas.values() if a is not None))
     window = f"{settings.rate_window_s} s"
     if counts[None] + len(areas) > settings.max_disconnects_fleet:
         message = (f"fleet-wide limit of {settings.max_disconnects_fleet} disconnects per {window}: "
