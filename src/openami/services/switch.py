@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -188,10 +189,11 @@ class CommandView:
 
 
 _VIEW_FIELDS = tuple(CommandView.__dataclass_fields__)
+_VIEW_VALUES = operator.attrgetter(*_VIEW_FIELDS)  # a command's view is built several times: no dict per view
 
 
 def _view(row: CommandRow) -> CommandView:
-    return CommandView(**{name: getattr(row, name) for name in _VIEW_FIELDS})
+    return CommandView(*_VIEW_VALUES(row))
 
 
 @dataclass(frozen=True, slots=True)
