@@ -233,13 +233,20 @@ class CommandExecutor:
                 end = SessionEnd(meter_id, client.client_invocation_counter, None if server_ic < 0 else server_ic,
                                  target.key_version)  # fmt: skip
                 if settle is not None and ended is not None:
-                    await settle(end, ended)
+                    try:
+                        await settle(end, ended)
+                    except BaseException:  # not recorded with an outcome (stopping, a database error): alone
+                        await self._record(end)
+                        raise
                 else:
-                    await self._collector.counters.record(
-                        meter_id, client_ic_next=end.client_ic_next, server_ic_last=end.server_ic_last,
-                        key_version=end.key_version,
-                    )  # fmt: skip
+                    await self._record(end)
             return result
+
+    async def _record(self, end: SessionEnd) -> None:
+        await self._collector.counters.record(
+            end.meter_id, client_ic_next=end.client_ic_next, server_ic_last=end.server_ic_last,
+            key_version=end.key_version,
+        )  # fmt: skip
 
     def _client_settings(self, target: MeterTarget, counters: SessionCounters) -> ClientSettings:
         return ClientSettings.management(

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from openami.db import commands as repo
 from openami.db import tables as t
 from openami.db.commands import CommandRow
 from openami.services import switch
@@ -90,3 +91,17 @@ async def test_wait_for_learns_a_final_status_another_process_recorded(
         assert not here.commands.in_flight_here(view.id)
     finally:
         await switch.stop_queue(here)
+
+
+def test_a_submission_answers_the_command_as_stored(engine: Engine, tmp_path: Path, grid: Grid) -> None:
+    """The insert returns only what the database fills in; the rest of the answer is what was written."""
+    platform = platform_on(engine, tmp_path, OPEN_GUARD, Clock())
+    limit = switch.LimitParameters(threshold_w=4_000, duration_s=30, emergency=True)
+    submitted = [
+        switch.submit(platform, ALICE, CommandRequest(grid.s1[0], "limit", limit=limit, reason="peak", priority=7)),
+        switch.submit(platform, ALICE, CommandRequest(grid.s1[1], "disconnect", purpose="safety")),
+    ]
+    with engine.connect() as conn:
+        for view in submitted:
+            assert switch._view(repo.get_command(conn, view.id)) == view
+            assert view.created_at.utcoffset() == timedelta(0)  # in UTC, as it reads back
