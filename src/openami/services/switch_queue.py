@@ -59,7 +59,7 @@ _BUSY_TICK_S = 0.05
 """While looks come busy (two or more claims and outcomes each), one starts at most every _BUSY_TICK_S: each
 look is a write transaction whose fixed cost (begin, commit, SQLite reloading the pages another connection
 changed) is most of a command's queue CPU, so more outcomes and claims share one (50 commands a second:
-~0.85 -> ~0.5 transactions and 1.8 -> 1.3 ms of the queue's CPU per command, ~+0.04 s per command). One
+~0.85 -> ~0.5 transactions and 1.7 -> 1.2 ms of the queue's CPU per command, ~+0.05 s per command). One
 command at a time (idle) still gets a look 20 ms after its wake-up."""
 _Step = Callable[..., CommandView]  # an outcome's recording step: (queue, conn, row, *args, now=) -> view
 _Outcome = tuple[_Step, CommandRow, tuple[Any, ...], "asyncio.Future[CommandView]", SessionEnd | None]
