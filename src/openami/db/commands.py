@@ -7,9 +7,10 @@ change in the same transaction. The signed bytes are stored as the meter receive
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ from openami.errors import NotFound
 __all__ = [
     "CommandRow",
     "due_commands",
+    "due_commands_with_highest_sent",
     "find_by_idempotency_key",
     "get_command",
     "highest_sent_counter",
@@ -97,13 +99,31 @@ def _row(mapping: Mapping[Any, Any]) -> CommandRow:
 # parameters: building a statement and its cache key anew costs more CPU than SQLite takes to run it.
 _COLUMNS = tuple(sc.c[name] for name in _FIELDS)  # a row comes back in CommandRow's field order
 _ENVELOPE, _SIGNATURE = _FIELDS.index("envelope"), _FIELDS.index("signature")
-_INSERT = sa.insert(sc).returning(*_COLUMNS)
+_INSERT = sa.insert(sc).returning(sc.c.id, sc.c.attempts)  # what the database fills in
 _BY_ID = sa.select(*_COLUMNS).where(sc.c.id == sa.bindparam("command_id"))
-_TRANSITION = (
-    sa.update(sc)
-    .where(sc.c.id == sa.bindparam("where_id"), sc.c.status.in_(sa.bindparam("where_statuses", expanding=True)))
-    .returning(*_COLUMNS)
-)
+
+
+def _one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN values`` as equalities: an IN list is rendered again at every execution (about as much
+    CPU as SQLite takes to run the statement); equalities are compiled once with the statement."""
+    return sa.or_(*(column == value for value in values))
+
+
+@functools.cache
+def _transition_from(statuses: tuple[str, ...]) -> sa.Update:
+    return sa.update(sc).where(sc.c.id == sa.bindparam("where_id"), _one_of(sc.c.status, statuses)).returning(*_COLUMNS)
+
+
+@functools.cache
+def _open_of_one(statuses: tuple[str, ...]) -> sa.Select[Any]:
+    """``_OPEN_OF`` for one meter (a submission's conflict check)."""
+    return (
+        sa.select(*_COLUMNS)
+        .where(sc.c.meter_id == sa.bindparam("meter_id"), _one_of(sc.c.status, statuses))
+        .order_by(sc.c.counter)
+    )
+
+
 _OPEN_OF = (
     sa.select(*_COLUMNS)
     .where(sc.c.meter_id.in_(sa.bindparam("meter_ids", expanding=True)),
@@ -126,10 +146,24 @@ _OVERDUE = (
 _STALE_SENT = (
     sa.select(*_COLUMNS).where(sc.c.status == "sent", sc.c.updated_at < sa.bindparam("before")).order_by(sc.c.id)
 )
+_WAS_SENT = ("sent", "confirmed", "failed")
 _HIGHEST_SENT = sa.select(sa.func.max(sc.c.counter)).where(
-    sc.c.meter_id == sa.bindparam("meter_id"),
-    sa.or_(sc.c.sent_at.is_not(None), sc.c.status.in_(("sent", "confirmed", "failed"))),
+    sc.c.meter_id == sa.bindparam("meter_id"), sa.or_(sc.c.sent_at.is_not(None), _one_of(sc.c.status, _WAS_SENT))
 )
+_DUE_ROWS = _DUE.subquery("due")
+_SENT_BEFORE = sa.alias(sc, "sent_before")
+_DUE_WITH_HIGHEST_SENT = sa.select(
+    *(_DUE_ROWS.c[name] for name in _FIELDS),
+    sa.select(sa.func.max(_SENT_BEFORE.c.counter))
+    .where(
+        _SENT_BEFORE.c.meter_id == _DUE_ROWS.c.meter_id,
+        sa.or_(_SENT_BEFORE.c.sent_at.is_not(None), _one_of(_SENT_BEFORE.c.status, _WAS_SENT)),
+    )
+    .scalar_subquery(),
+).order_by(_DUE_ROWS.c.priority.desc(), _DUE_ROWS.c.counter)
+"""``_DUE`` and, per row, what ``_HIGHEST_SENT`` says for its meter: the claim needs both, and one statement
+costs less than one for the due commands and one per command claimed (the subquery runs on the rows
+the limit kept, not on every due command)."""
 
 
 def _from_tuple(row: Sequence[Any]) -> CommandRow:
@@ -146,8 +180,16 @@ def insert_command(conn: Connection, values: Mapping[str, Any]) -> int:
 
 
 def insert_command_row(conn: Connection, values: Mapping[str, Any]) -> CommandRow:
-    """Insert one command and return it as stored (defaults filled in), in one statement: no read after."""
-    return _from_tuple(conn.execute(_INSERT, dict(values)).one())
+    """Insert one command and return it as stored, in one statement: no read after. RETURNING brings only
+    what the database filled in (the id, the default of ``attempts``); the rest is what was written (times
+    in UTC, as they read back) and NULL for every column not given: reading the 41 columns back cost
+    as much CPU as the insert itself."""
+    new_id, attempts = conn.execute(_INSERT, dict(values)).one()
+    stored = dict.fromkeys(_FIELDS) | {
+        name: value.astimezone(UTC) if isinstance(value, datetime) else value for name, value in values.items()
+    }
+    stored |= {"id": int(new_id), "attempts": int(attempts)}
+    return _from_tuple([stored[name] for name in _FIELDS])
 
 
 def get_command(conn: Connection, command_id: int, *, visible: ColumnElement[bool] | None = None) -> CommandRow:
@@ -171,6 +213,9 @@ def open_commands_of(conn: Connection, meter_ids: Collection[int], statuses: Col
     """Commands of ``meter_ids`` in one of ``statuses`` (the conflict check of a submission)."""
     if not meter_ids:
         return []
+    if len(meter_ids) == 1:
+        (meter_id,) = meter_ids
+        return [_from_tuple(r) for r in conn.execute(_open_of_one(tuple(sorted(statuses))), {"meter_id": meter_id})]
     params = {"meter_ids": sorted(meter_ids), "statuses": sorted(statuses)}
     return [_from_tuple(r) for r in conn.execute(_OPEN_OF, params)]
 
@@ -204,6 +249,16 @@ def due_commands(conn: Connection, *, now: datetime, limit: int) -> list[Command
     return [_from_tuple(r) for r in conn.execute(_DUE, {"now": now, "limit": limit})]
 
 
+def due_commands_with_highest_sent(
+    conn: Connection, *, now: datetime, limit: int
+) -> list[tuple[CommandRow, int | None]]:
+    """``due_commands``, each with ``highest_sent_counter`` of its meter (None: nothing sent to it yet)."""
+    return [
+        (_from_tuple(r[:-1]), None if r[-1] is None else int(r[-1]))
+        for r in conn.execute(_DUE_WITH_HIGHEST_SENT, {"now": now, "limit": limit})
+    ]
+
+
 def overdue_commands(conn: Connection, *, now: datetime) -> list[CommandRow]:
     """Commands still waiting (queued or awaiting approval) whose validity window has ended."""
     return [_from_tuple(r) for r in conn.execute(_OVERDUE, {"now": now})]
@@ -228,6 +283,6 @@ def transition(
     Returns the command as it is after the change (RETURNING: the caller needs no read after it), or
     None when it was in another status (another worker moved it first: nothing was written).
     """
-    params = {**values, "where_id": command_id, "where_statuses": sorted(from_statuses)}  # SET: the other keys
-    row = conn.execute(_TRANSITION, params).one_or_none()
+    params = {**values, "where_id": command_id}  # SET: the other keys
+    row = conn.execute(_transition_from(tuple(sorted(from_statuses))), params).one_or_none()
     return None if row is None else _from_tuple(row)

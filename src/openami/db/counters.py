@@ -35,6 +35,7 @@ __all__ = [
     "get_for_key",
     "reserve_client_ics",
     "reserve_client_ics_many",
+    "reserve_session",
     "switch_key_version",
 ]
 
@@ -98,6 +99,12 @@ _RESERVE = (
     .where(ic.c.meter_id == sa.bindparam("where_meter_id"))
     .values(client_ic_next=ic.c.client_ic_next + sa.bindparam("count"), updated_at=sa.bindparam("now"))
     .returning(ic.c.client_ic_next)
+)
+_RESERVE_SESSION = (  # a session's block and the meter's counters after it, in one round trip
+    sa.update(ic)
+    .where(ic.c.meter_id == sa.bindparam("where_meter_id"))
+    .values(client_ic_next=ic.c.client_ic_next + sa.bindparam("count"), updated_at=sa.bindparam("now"))
+    .returning(ic.c.client_ic_next, ic.c.server_ic_last, ic.c.key_version)
 )
 
 
@@ -215,6 +222,20 @@ def reserve_client_ics(conn: Connection, meter_id: int, count: int, *, now: date
     conn.execute(_ENSURE, {"meter_id": meter_id, "now": now})
     params = {"where_meter_id": meter_id, "count": count, "now": now}
     return int(conn.execute(_RESERVE, params).scalar_one()) - count
+
+
+def reserve_session(conn: Connection, meter_id: int, count: int, *, now: datetime) -> tuple[int, Counters, int]:
+    """``reserve_client_ics`` and ``get_for_key`` in one statement (a row exists once the meter was
+    talked to): (first reserved IC, counters after, the key version ``server_ic_last`` belongs to)."""
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    params = {"where_meter_id": meter_id, "count": count, "now": now}
+    row = conn.execute(_RESERVE_SESSION, params).one_or_none()
+    if row is None:  # never talked to: the row first
+        conn.execute(_ENSURE, {"meter_id": meter_id, "now": now})
+        row = conn.execute(_RESERVE_SESSION, params).one()
+    client_next = int(row[0])
+    return client_next - count, Counters(client_next, None if row[1] is None else int(row[1])), int(row[2])
 
 
 def accept_server_ic(conn: Connection, meter_id: int, invocation_counter: int, *, now: datetime) -> bool:

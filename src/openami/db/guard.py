@@ -119,6 +119,23 @@ _DISCONNECTS_PER_AREA = (
 _IGNORING = sa.select(t.guard_area_modes.c.area).where(
     t.guard_area_modes.c.area.in_(sa.bindparam("areas", expanding=True)), t.guard_area_modes.c.ignore_disconnects
 )
+# One area (a single command's): an IN list is rendered again at every execution, an equality is not.
+_DISCONNECTS_IN_AREA = (
+    sa.select(t.guard_disconnects.c.area, sa.func.count())
+    .where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since"),
+           t.guard_disconnects.c.area == sa.bindparam("area"))
+    .group_by(t.guard_disconnects.c.area)
+)  # fmt: skip
+_IGNORING_ONE = sa.select(t.guard_area_modes.c.area).where(
+    t.guard_area_modes.c.area == sa.bindparam("area"), t.guard_area_modes.c.ignore_disconnects
+)
+_ONE_AREA_CHECKS = sa.select(  # what the guard checks for one area, in one round trip
+    sa.select(sa.func.count()).where(t.guard_area_modes.c.area == sa.bindparam("area"),
+                                     t.guard_area_modes.c.ignore_disconnects).scalar_subquery(),
+    sa.select(sa.func.count()).where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since")).scalar_subquery(),
+    sa.select(sa.func.count()).where(t.guard_disconnects.c.admitted_at >= sa.bindparam("since"),
+                                     t.guard_disconnects.c.area == sa.bindparam("area")).scalar_subquery(),
+)  # fmt: skip
 _RECORD_DISCONNECT = sa.insert(t.guard_disconnects)
 
 
@@ -141,12 +158,23 @@ def meters_in_area(conn: Connection, area: str) -> list[int]:
 # --- rate limits ---------------------------------------------------------------------------------
 
 
+def area_checks(conn: Connection, since: datetime, area: str | None) -> tuple[bool, int, int]:
+    """For one area (None: a meter outside the topology, which no mode or area limit covers): whether it is in
+    ignore-disconnects mode, the disconnects admitted at or after ``since`` fleet-wide and in the area."""
+    ignoring, fleet, in_area = conn.execute(_ONE_AREA_CHECKS, {"since": since, "area": area}).one()
+    return bool(ignoring) and area is not None, int(fleet), int(in_area) if area is not None else 0
+
+
 def count_disconnects(conn: Connection, since: datetime, areas: Iterable[str] | None = None) -> dict[str | None, int]:
     """Disconnects admitted at or after ``since``: ``{None: fleet total}``, plus one entry per area asked."""
     total = conn.execute(_DISCONNECTS_SINCE, {"since": since}).scalar_one()
     counts: dict[str | None, int] = {None: int(total)}
     wanted = sorted(set(areas or ()))
-    if wanted:
+    if len(wanted) == 1:
+        per_area = conn.execute(_DISCONNECTS_IN_AREA, {"since": since, "area": wanted[0]})
+        counts.update({area: int(n) for area, n in per_area})
+        counts.update({area: 0 for area in wanted if area not in counts})
+    elif wanted:
         per_area = conn.execute(_DISCONNECTS_PER_AREA, {"since": since, "areas": wanted})
         counts.update({area: int(n) for area, n in per_area})
         counts.update({area: 0 for area in wanted if area not in counts})
@@ -346,6 +374,8 @@ def ignoring_areas(conn: Connection, areas: Iterable[str | None]) -> set[str]:
     wanted = sorted({a for a in areas if a is not None})
     if not wanted:
         return set()
+    if len(wanted) == 1:
+        return {str(a) for a in conn.execute(_IGNORING_ONE, {"area": wanted[0]}).scalars()}
     return {str(a) for a in conn.execute(_IGNORING, {"areas": wanted}).scalars()}
 
 

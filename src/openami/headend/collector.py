@@ -32,7 +32,7 @@ from openami.db.meter_events import EventRow
 from openami.domain.messages import CollectedReadings
 from openami.errors import AssociationRejected, AuthenticationFailed, MeterCommunicationError, NotFound
 from openami.headend import keys as key_rotation
-from openami.headend.counters import CounterStore
+from openami.headend.counters import CounterStore, ReservedBlock
 from openami.headend.events import EventPipeline
 from openami.headend.reader import (
     INTERVAL_S,
@@ -301,9 +301,21 @@ class Collector:
             lock = self._locks[meter_id] = asyncio.Lock()
         return lock
 
-    async def reserve_block(self, meter_id: int, key_version: int) -> SessionCounters:
+    async def reserve_block(
+        self, meter_id: int, key_version: int, *, reserved: ReservedBlock | None = None
+    ) -> SessionCounters:
         """Fresh counters for a session outside collection (hold :meth:`meter_lock`); blocks reserved
-        earlier for this meter (a run's) are then no longer used: the meter has seen newer counters."""
+        earlier for this meter (a run's) are then no longer used: the meter has seen newer counters.
+        ``reserved``: a block reserved ahead for this session, used if still current (no later block used
+        with the meter, no counter of it recorded since, same key version); a fresh one otherwise."""
+        if (
+            reserved is not None
+            and reserved.key_version == key_version
+            and reserved.client_ic_next > self._last_block.get(meter_id, -1)
+            and self.counters.unchanged_since(meter_id, reserved.mark)
+        ):
+            self._last_block[meter_id] = reserved.client_ic_next
+            return SessionCounters(reserved.client_ic_next, reserved.server_ic_last)
         client_ic, server_ic = await self.counters.reserve(meter_id, key_version=key_version)
         self._last_block[meter_id] = client_ic
         return SessionCounters(client_ic, server_ic)

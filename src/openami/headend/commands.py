@@ -21,12 +21,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import structlog
 
 from openami.errors import MeterCommunicationError, NotFound
 from openami.headend.collector import Collector
+from openami.headend.counters import ReservedBlock
 from openami.headend.reader import (  # the reader's failure mapping: one vocabulary for every session
     MeterSecurityFailure,
     MeterTarget,
@@ -43,7 +44,16 @@ from openami.protocols.dlms.session_errors import ServiceError
 from openami.protocols.dlms.signed_command import Confirmation, Refusal, RefusalRecord, SignedCommand
 from openami.security import events as security_events
 
-__all__ = ["COMMAND_GATEWAY", "LIMITER", "CommandExecutor", "CommandOutcome", "FinalRead", "SwitchState"]
+__all__ = [
+    "COMMAND_GATEWAY",
+    "LIMITER",
+    "CommandExecutor",
+    "CommandOutcome",
+    "FinalRead",
+    "SessionEnd",
+    "Settle",
+    "SwitchState",
+]
 
 _log = structlog.get_logger("openami.headend")
 _T = TypeVar("_T")
@@ -102,6 +112,20 @@ class SwitchState:
     ignore_disconnects: bool | None
 
 
+class SessionEnd(NamedTuple):
+    """The invocation counters a session ended with, to be made durable before its meter's lock is released."""
+
+    meter_id: int
+    client_ic_next: int
+    server_ic_last: int | None
+    key_version: int
+
+
+Settle = Callable[[SessionEnd, _T | MeterCommunicationError], Awaitable[None]]
+"""Records a session's outcome (its result or why it failed) together with its counters, durably,
+while the session still holds its meter's lock (``CommandExecutor.execute``'s ``settle``)."""
+
+
 class _Step:
     def __init__(self) -> None:
         self.current = "connect"
@@ -126,10 +150,21 @@ class CommandExecutor:
         self._timeout_s = timeout_s or collector._settings.timeout_s
         self._now = now or collector._now
 
-    async def execute(self, meter_id: int, signed: SignedCommand, *, final_read: bool) -> CommandOutcome:
+    async def execute(
+        self,
+        meter_id: int,
+        signed: SignedCommand,
+        *,
+        final_read: bool,
+        reserved: ReservedBlock | None = None,
+        settle: Settle[CommandOutcome] | None = None,
+    ) -> CommandOutcome:
         """Invoke the gateway's ``execute`` with ``signed``; on a confirmed open switch and ``final_read``,
         read the energy registers in the same session. Raises NotFound (unknown meter) or
-        MeterCommunicationError (no answer, association refused, ...): the command may be retried."""
+        MeterCommunicationError (no answer, association refused, ...): the command may be retried.
+        ``reserved``: counters reserved ahead for this session (``Collector.reserve_block``). ``settle``:
+        the caller records the session's counters with the outcome, in one transaction of its own (the
+        command queue's), before the meter's lock is released; the counter store records them otherwise."""
 
         async def work(client: DlmsClient, step: _Step) -> CommandOutcome:
             step.current = "execute"
@@ -147,7 +182,7 @@ class CommandExecutor:
                 final = await _final_read(client, self._now())
             return CommandOutcome(confirmation, final_read=final)
 
-        outcome = await self._session(meter_id, work)
+        outcome = await self._session(meter_id, work, reserved, settle)
         if outcome.refusal is not None:
             await asyncio.to_thread(self._report_refusal, meter_id, outcome)
         return outcome
@@ -165,33 +200,53 @@ class CommandExecutor:
 
     # -- plumbing -----------------------------------------------------------------------------------
 
-    async def _session(self, meter_id: int, work: Callable[[DlmsClient, _Step], Awaitable[_T]]) -> _T:
+    async def _session(
+        self,
+        meter_id: int,
+        work: Callable[[DlmsClient, _Step], Awaitable[_T]],
+        reserved: ReservedBlock | None = None,
+        settle: Settle[_T] | None = None,
+    ) -> _T:
         if meter_id not in self._collector.targets:
             raise NotFound(f"meter {meter_id} is not known to the head-end")
         async with self._slots, self._collector.meter_lock(meter_id):
             target = self._collector.targets[meter_id]
-            counters = await self._collector.reserve_block(meter_id, target.key_version)
+            counters = await self._collector.reserve_block(meter_id, target.key_version, reserved=reserved)
             client = DlmsClient(self._client_settings(target, counters))
             step = _Step()
+            ended: _T | MeterCommunicationError | None = None  # None: cancelled (nothing for settle)
             try:
                 async with client:
                     step.current = "identify"
                     _check_identity(client, target)
                     result = await work(client, step)
                     step.current = "release"
-            except MeterCommunicationError:
+                ended = result
+            except MeterCommunicationError as exc:
+                ended = exc
                 raise
             except Exception as exc:
-                raise _translate(exc, target.serial, step.current) from exc
+                ended = _translate(exc, target.serial, step.current)
+                raise ended from exc
             finally:
                 server_ic = client.server_invocation_counter
-                await self._collector.counters.record(
-                    meter_id,
-                    client_ic_next=client.client_invocation_counter,
-                    server_ic_last=None if server_ic < 0 else server_ic,
-                    key_version=target.key_version,
-                )
+                end = SessionEnd(meter_id, client.client_invocation_counter, None if server_ic < 0 else server_ic,
+                                 target.key_version)  # fmt: skip
+                if settle is not None and ended is not None:
+                    try:
+                        await settle(end, ended)
+                    except BaseException:  # not recorded with an outcome (stopping, a database error): alone
+                        await self._record(end)
+                        raise
+                else:
+                    await self._record(end)
             return result
+
+    async def _record(self, end: SessionEnd) -> None:
+        await self._collector.counters.record(
+            end.meter_id, client_ic_next=end.client_ic_next, server_ic_last=end.server_ic_last,
+            key_version=end.key_version,
+        )  # fmt: skip
 
     def _client_settings(self, target: MeterTarget, counters: SessionCounters) -> ClientSettings:
         return ClientSettings.management(

@@ -12,6 +12,11 @@ Concurrent sessions' reservations and records are grouped into one transaction (
 each caller waits until its own operation is durable, and a busy collection costs one commit per
 batch rather than two per meter.
 
+A caller that writes in a transaction of its own anyway (the switch command queue's claim) may
+reserve a session's block there (:func:`reserve_ahead`) and hand it to the session: the session uses
+it only if no counter operation on that meter completed here since (:meth:`CounterStore.mark`), so
+its ``server_ic_last`` is still the latest; otherwise it reserves afresh.
+
 Counters are per key version (``db.counters``): a caller that passes the GUEK version its session
 uses gets the meter's last counter only if it belongs to that version (None, a fresh space,
 otherwise), and its record moves the meter's counter only within that version.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,6 +36,24 @@ from openami.db import counters as counter_repo
 
 CLIENT_IC_BLOCK = 4096
 """Counters reserved per session; a session uses one per request (a week's profile needs ≈ 40)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedBlock:
+    """A session's block reserved ahead in the caller's transaction (:func:`reserve_ahead`), with the
+    meter's counters as they were then and the :meth:`CounterStore.mark` taken before it."""
+
+    client_ic_next: int
+    server_ic_last: int | None
+    key_version: int  # the GUEK version server_ic_last belongs to
+    mark: int
+
+
+def reserve_ahead(conn: Connection, meter_id: int, *, mark: int, now: datetime) -> ReservedBlock:
+    """Reserve a session's block in ``conn`` (the caller's write transaction); ``mark``: the store's
+    :meth:`CounterStore.mark`, taken before that transaction began."""
+    first, stored, version = counter_repo.reserve_session(conn, meter_id, CLIENT_IC_BLOCK, now=now)
+    return ReservedBlock(first, stored.server_ic_last, version, mark)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +91,23 @@ class CounterStore:
         self._ops: list[_Op] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._completed = 0  # counter operations completed (committed) so far
+        self._last_completed: dict[int, int] = {}  # meter -> _completed after its latest one
+
+    def mark(self) -> int:
+        """Where the store is now; see :meth:`unchanged_since`."""
+        return self._completed
+
+    def unchanged_since(self, meter_id: int, mark: int) -> bool:
+        """No counter operation on ``meter_id`` completed after :meth:`mark` returned ``mark`` (one in
+        flight then completes after it): what was read of the meter's counters since is still current."""
+        return self._last_completed.get(meter_id, 0) <= mark
+
+    def completed(self, meter_ids: Iterable[int]) -> None:
+        """Counter operations on ``meter_ids`` were committed (here, or by a caller in its own transaction)."""
+        self._completed += 1
+        for meter_id in meter_ids:
+            self._last_completed[meter_id] = self._completed
 
     async def start(self) -> None:
         if self._task is None:
@@ -95,7 +135,9 @@ class CounterStore:
         self, meter_ids: list[int], key_versions: Mapping[int, int] | None = None
     ) -> dict[int, tuple[int, int | None]]:
         """``reserve`` for a whole collection run in one transaction (one commit for thousands of meters)."""
-        return await asyncio.to_thread(self._reserve_many, meter_ids, key_versions or {})
+        reserved = await asyncio.to_thread(self._reserve_many, meter_ids, key_versions or {})
+        self.completed(meter_ids)
+        return reserved
 
     def _reserve_many(self, meter_ids: list[int], key_versions: Mapping[int, int]) -> dict[int, tuple[int, int | None]]:
         now = self._now()
@@ -141,6 +183,7 @@ class CounterStore:
                 if not op.future.done():
                     op.future.set_exception(exc)
             return
+        self.completed(op.meter_id for op in ops)
         for op, result in zip(ops, results, strict=True):
             if op.future.done():
                 continue
@@ -167,7 +210,6 @@ class CounterStore:
 
 
 def _reserve(conn: Connection, meter_id: int, key_version: int | None, now: datetime) -> tuple[int, int | None]:
-    first = counter_repo.reserve_client_ics(conn, meter_id, CLIENT_IC_BLOCK, now=now)
-    stored, stored_version = counter_repo.get_for_key(conn, meter_id)
+    first, stored, stored_version = counter_repo.reserve_session(conn, meter_id, CLIENT_IC_BLOCK, now=now)
     same_key = key_version is None or stored_version == key_version
     return first, stored.server_ic_last if same_key else None

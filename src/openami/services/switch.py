@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -188,10 +189,11 @@ class CommandView:
 
 
 _VIEW_FIELDS = tuple(CommandView.__dataclass_fields__)
+_VIEW_VALUES = operator.attrgetter(*_VIEW_FIELDS)  # a command's view is built several times: no dict per view
 
 
 def _view(row: CommandRow) -> CommandView:
-    return CommandView(**{name: getattr(row, name) for name in _VIEW_FIELDS})
+    return CommandView(*_VIEW_VALUES(row))
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,11 +248,33 @@ _METER = (  # built once: a submission's CPU is mostly building statements other
 )
 
 
+_InFlight = tuple[int, int, str, str]  # a command in flight: id, meter, command, status
+_METER_IN_FLIGHT = (  # _METER and the meter's commands in flight, in one round trip (a single submission)
+    _METER.add_columns(switch_commands.c.id, switch_commands.c.command, switch_commands.c.status)
+    .outerjoin(
+        switch_commands,
+        sa.and_(switch_commands.c.meter_id == meters.c.id,
+                sa.or_(*(switch_commands.c.status == status for status in _IN_FLIGHT))),
+    )
+    .order_by(switch_commands.c.counter)
+)  # fmt: skip
+
+
 def _meter(conn: Connection, meter_id: int) -> _Meter:
     row = conn.execute(_METER, {"meter_id": meter_id}).one_or_none()
     if row is None:
         raise NotFound(f"meter {meter_id} does not exist")
     return _Meter(int(row[0]), str(row[1]), bytes(row[2]), row[3])
+
+
+def _meter_in_flight(conn: Connection, meter_id: int) -> tuple[_Meter, list[_InFlight]]:
+    """``_meter`` and the meter's commands in flight (for ``_check_conflicts``), in counter order."""
+    rows = conn.execute(_METER_IN_FLIGHT, {"meter_id": meter_id}).all()
+    if not rows:
+        raise NotFound(f"meter {meter_id} does not exist")
+    first = rows[0]
+    meter = _Meter(int(first[0]), str(first[1]), bytes(first[2]), first[3])
+    return meter, [(int(r[4]), meter.id, str(r[5]), str(r[6])) for r in rows if r[4] is not None]
 
 
 def _check_request(request: CommandRequest, platform: Platform, now: datetime) -> tuple[datetime, datetime]:
@@ -318,16 +342,22 @@ def _check_switch(meter: _Meter) -> None:
         raise MeterHasNoSwitch(f"meter {meter.id} is a {meter.kind} meter: it has no supply switch or limiter")
 
 
-def _check_conflicts(conn: Connection, requests: Sequence[CommandRequest]) -> None:
-    """409 when a command of the same group (switch, limit) is in flight for one of the meters."""
+def _check_conflicts(
+    conn: Connection, requests: Sequence[CommandRequest], in_flight: Sequence[_InFlight] | None = None
+) -> None:
+    """409 when a command of the same group (switch, limit) is in flight for one of the meters (``in_flight``:
+    their commands in flight, when the caller read them already)."""
     wanted = {(r.meter_id, _GROUP[r.command]) for r in requests}
     if len(wanted) != len(requests):
         raise CommandConflict("the batch names a meter twice for the same switch or limiter")
-    for row in repo.open_commands_of(conn, {r.meter_id for r in requests}, _IN_FLIGHT):
-        if (row.meter_id, _GROUP[row.command]) in wanted:
-            raise CommandConflict(
-                f"meter {row.meter_id} already has command {row.id} ({row.command}, {row.status}) in flight"
-            )
+    if in_flight is None:
+        in_flight = [
+            (row.id, row.meter_id, row.command, row.status)
+            for row in repo.open_commands_of(conn, {r.meter_id for r in requests}, _IN_FLIGHT)
+        ]
+    for command_id, meter_id, command, status in in_flight:
+        if (meter_id, _GROUP[command]) in wanted:
+            raise CommandConflict(f"meter {meter_id} already has command {command_id} ({command}, {status}) in flight")
 
 
 def _insert(  # noqa: PLR0913 - the parts of one signed command, all needed
@@ -449,7 +479,12 @@ def _submit(
     authority = ensure_authority(platform)
     keys = _batch_keys(idempotency_key, len(requests))
     with platform.engine.begin() as conn:
-        found = [_meter(conn, r.meter_id) for r in requests]
+        in_flight: list[_InFlight] | None = None
+        if len(requests) == 1:  # one statement for the meter and its commands in flight
+            meter, in_flight = _meter_in_flight(conn, requests[0].meter_id)
+            found = [meter]
+        else:
+            found = [_meter(conn, r.meter_id) for r in requests]
         for request, meter in zip(requests, found, strict=True):
             _authorize(conn, scope, request, meter, now)
         if idempotency_key is not None:  # before the time checks: a repeat after its execute_at still answers
@@ -459,8 +494,9 @@ def _submit(
         windows = [_check_request(r, platform, now) for r in requests]
         for meter in found:
             _check_switch(meter)
-        _check_conflicts(conn, requests)
-        admission = switch_guard.admit(conn, scope, requests[0].command, [m.id for m in found], now=now)
+        _check_conflicts(conn, requests, in_flight)
+        areas = {m.id: m.area for m in found}  # read by _meter just now, with the join the guard uses
+        admission = switch_guard.admit(conn, scope, requests[0].command, list(areas), now=now, areas=areas)
         status = "queued" if admission.state == "admitted" else "awaiting-approval"
         batch_id = admission.batch_id if admission.batch_id is not None else requests[0].batch_id
         rows = [

@@ -138,16 +138,26 @@ def current_settings() -> GuardSettings:
 # --- admission -----------------------------------------------------------------------------------
 
 
-def admit(conn: Connection, scope: RequestScope, command: str, meter_ids: Sequence[int], *, now: datetime) -> Admission:
+def admit(
+    conn: Connection,
+    scope: RequestScope,
+    command: str,
+    meter_ids: Sequence[int],
+    *,
+    now: datetime,
+    areas: Mapping[int, str | None] | None = None,
+) -> Admission:
     """Decide whether a batch of ``command`` ("disconnect", ...) on ``meter_ids`` may be queued now.
 
     Raises ``GuardRefused`` (HTTP 429: a rate limit) or ``IgnoringDisconnects`` (409: the area's
     meters ignore disconnects), audited in their own transaction; returns "awaiting-approval" with a
-    batch id when the batch needs a second approver. Call it before writing in ``conn``.
+    batch id when the batch needs a second approver. Call it before writing in ``conn``. ``areas``:
+    each meter's area when the caller has just read it in ``conn`` (``services.switch`` has: one
+    query less per submission); read here otherwise.
     """
     settings = current_settings()
     guarded = command in DISCONNECTS or command in settings.approval_commands
-    areas = db.areas_of(conn, meter_ids)
+    areas = db.areas_of(conn, meter_ids) if areas is None else {m: areas[m] for m in sorted(set(meter_ids))}
     if guarded:
         _serialise(conn, scope, command, areas, settings, now)
     if command in settings.approval_commands and len(areas) > settings.approval_batch_size:
@@ -200,12 +210,20 @@ def _check_disconnects(
 ) -> None:
     """Refuse (audited) disconnects to an area in ignore-disconnects mode, or over a rate limit."""
     refuse = _refuse if audit_own else _raise
-    ignoring = db.ignoring_areas(conn, areas.values())
+    since = now - timedelta(seconds=settings.rate_window_s)
+    counts: dict[str | None, int] | None = None
+    if len(areas) == 1:  # one command: every check in one statement
+        (area,) = areas.values()
+        mode_on, fleet, in_area = db.area_checks(conn, since, area)
+        ignoring = {area} if mode_on and area is not None else set()
+        counts = {None: fleet} | ({area: in_area} if area is not None else {})
+    else:
+        ignoring = db.ignoring_areas(conn, areas.values())
     if ignoring:
         names = ", ".join(sorted(ignoring))
         refuse(conn, scope, IgnoringDisconnects(f"area {names} is in ignore-disconnects mode until cleared"), now)
-    since = now - timedelta(seconds=settings.rate_window_s)
-    counts = db.count_disconnects(conn, since, (a for a in areas.values() if a is not None))
+    if counts is None:
+        counts = db.count_disconnects(conn, since, (a for a in areas.values() if a is not None))
     window = f"{settings.rate_window_s} s"
     if counts[None] + len(areas) > settings.max_disconnects_fleet:
         message = (f"fleet-wide limit of {settings.max_disconnects_fleet} disconnects per {window}: "

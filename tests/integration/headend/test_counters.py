@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from openami.db import counters as counter_repo
 from openami.db.meters import MeterSpec, upsert_meters
 from openami.domain.meters import CustomerClass, MeterKind
-from openami.headend.counters import CLIENT_IC_BLOCK, CounterStore
+from openami.headend.counters import CLIENT_IC_BLOCK, CounterStore, reserve_ahead
 
 
 @pytest.fixture
@@ -78,4 +78,24 @@ async def test_reserve_many_matches_one_by_one_reservation(engine: Engine, meter
     for m in meter_ids:
         assert bulk[m] == (10 * m, m)
         assert single[m] == (10 * m + CLIENT_IC_BLOCK, m)
+    await store.close()
+
+
+async def test_a_block_reserved_ahead_is_current_until_a_counter_operation_on_its_meter_completes(
+    engine: Engine, meter_ids: list[int]
+) -> None:
+    store = CounterStore(engine)
+    await store.record(meter_ids[0], client_ic_next=10, server_ic_last=5)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:  # a caller's own transaction (the command queue's claim)
+        block = reserve_ahead(conn, meter_ids[0], mark=store.mark(), now=now)
+        other = reserve_ahead(conn, meter_ids[1], mark=store.mark(), now=now)
+    assert (block.client_ic_next, block.server_ic_last, block.key_version) == (10, 5, 1)
+    assert store.unchanged_since(meter_ids[0], block.mark)
+    await store.record(meter_ids[0], client_ic_next=block.client_ic_next + 3, server_ic_last=9)
+    assert not store.unchanged_since(meter_ids[0], block.mark)  # its server counter is stale now
+    assert store.unchanged_since(meter_ids[1], other.mark)
+    first, server = await store.reserve(meter_ids[0])
+    assert first >= block.client_ic_next + CLIENT_IC_BLOCK  # blocks never overlap
+    assert server == 9
     await store.close()

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from openami.db import commands as repo
 from openami.db import tables as t
 from openami.db.commands import CommandRow
 from openami.services import switch
@@ -47,9 +48,9 @@ def test_two_queues_claiming_at_once_never_take_the_same_command(engine: Engine,
 
     def claim(i: int) -> None:
         start.wait()
-        rows, views = queues[i]._write([], 100, frozenset())
+        rows, views, _left = queues[i]._write([], 100, frozenset(), queues[i]._platform.collector.counters.mark())
         assert views == []
-        claimed[i] = rows
+        claimed[i] = [row for row, _reserved in rows]
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -90,3 +91,17 @@ async def test_wait_for_learns_a_final_status_another_process_recorded(
         assert not here.commands.in_flight_here(view.id)
     finally:
         await switch.stop_queue(here)
+
+
+def test_a_submission_answers_the_command_as_stored(engine: Engine, tmp_path: Path, grid: Grid) -> None:
+    """The insert returns only what the database fills in; the rest of the answer is what was written."""
+    platform = platform_on(engine, tmp_path, OPEN_GUARD, Clock())
+    limit = switch.LimitParameters(threshold_w=4_000, duration_s=30, emergency=True)
+    submitted = [
+        switch.submit(platform, ALICE, CommandRequest(grid.s1[0], "limit", limit=limit, reason="peak", priority=7)),
+        switch.submit(platform, ALICE, CommandRequest(grid.s1[1], "disconnect", purpose="safety")),
+    ]
+    with engine.connect() as conn:
+        for view in submitted:
+            assert switch._view(repo.get_command(conn, view.id)) == view
+            assert view.created_at.utcoffset() == timedelta(0)  # in UTC, as it reads back
