@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQL
 
+from openami import logging as oam_logging  # noqa: E402
 from openami.cli import loop  # noqa: E402
 from openami.db import comm_errors  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--gc", choices=("tuned", "default"), default="tuned", help="platform GC thresholds")
     parser.add_argument("--flaky", type=float, default=0.0, help="share of flaky meters (default 0)")
     args = parser.parse_args()
+    oam_logging.configure()  # the platform's log lines to stderr: stdout is the one JSON object
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="openami-bench-collect-") as tmp:
         cluster = None

@@ -35,6 +35,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))  # _common
 
 from _common import command_bench_settings  # noqa: E402
+from openami import logging as oam_logging  # noqa: E402
 from openami.cli import loop  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=500, help="commands measured (pairs per meter)")
     parser.add_argument("--rate", type=float, default=50.0, help="commands issued per second")
     args = parser.parse_args()
+    oam_logging.configure()  # the platform's log lines to stderr: stdout is the one JSON object
     if args.commands < 2 or args.meters < WARM_UP_METERS + args.commands // 2:
         parser.error(f"--meters must be at least {WARM_UP_METERS} + --commands / 2, and --commands at least 2")
     console = Console(stderr=True)

@@ -34,6 +34,7 @@ from rich.console import Console
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQL
 
+from openami import logging as oam_logging  # noqa: E402
 from openami.cli import loop  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="platform event loop")
     args = parser.parse_args()
+    oam_logging.configure()  # the platform's log lines to stderr: stdout is the one JSON object
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="openami-bench-switch-") as tmp:
         cluster = None
