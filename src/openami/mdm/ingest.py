@@ -42,8 +42,9 @@ log = structlog.get_logger(__name__)
 BATCH_VALUES = 300_000
 """Values per batch when reads come faster than ``max_delay_s`` lets a batch fill (a backlog). Each
 batch costs a fixed amount on top of its values (PostgreSQL: a classifying query, savepoints and a
-commit per lane; both: the lanes wait for each other once); 300,000 instead of 100,000 gave 10-25 %
-more values/s on PostgreSQL and ~5 % on SQLite at 10 M values (docs/benchmarks.md)."""
+commit per lane; both: the lanes wait for each other once). 300,000 instead of 100,000, 10 M values
+with the machine shared: 8-25 % more values/s on PostgreSQL, ~5 % on SQLite; on a quiet machine no
+difference beyond the noise (docs/benchmarks.md)."""
 
 SQLITE_CHUNK_VALUES = 20_000
 """Values per SQLite transaction: ~50 ms of holding the write lock, so a switch command's write waits
