@@ -236,13 +236,14 @@ class CommandExecutor:
                     try:
                         await settle(end, ended)
                     except BaseException:  # not recorded with an outcome (stopping, a database error): alone
-                        await self._record(end)
+                        await self.record_counters(end)
                         raise
                 else:
-                    await self._record(end)
+                    await self.record_counters(end)
             return result
 
-    async def _record(self, end: SessionEnd) -> None:
+    async def record_counters(self, end: SessionEnd) -> None:
+        """Make a session's counters durable through the counter store (no outcome to record them with)."""
         await self._collector.counters.record(
             end.meter_id, client_ic_next=end.client_ic_next, server_ic_last=end.server_ic_last,
             key_version=end.key_version,

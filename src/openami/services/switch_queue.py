@@ -309,10 +309,7 @@ class CommandQueue:
             lock is released: the next session with the meter then reads its counters as this one left them."""
             if isinstance(ended, CommandOutcome) and ended.refusal is Refusal.REPLAYED and row.attempts > 1:
                 # decided by a read of the meter's state, a session of its own: the counters go first
-                await self._platform.collector.counters.record(
-                    end.meter_id, client_ic_next=end.client_ic_next, server_ic_last=end.server_ic_last,
-                    key_version=end.key_version,
-                )  # fmt: skip
+                await self.executor.record_counters(end)
                 return
             step: _Step = CommandQueue._settle
             args: tuple[Any, ...] = (ended,)
