@@ -3,8 +3,11 @@ restoration verification.
 
 A ping holds the meter's session lock (``Collector.meter_lock``: a meter serves one session at a
 time) and uses fresh invocation counters (``Collector.reserve_block``), recorded afterwards so that no
-counter is ever used twice. Pings have their own small pool of slots per collector, apart from
-collection and from the command slots, so an outage storm's pings never hold up a switch command.
+counter is ever used twice. A round of pings (:func:`ping_many`, the outage engine's) reserves every
+meter's block in one transaction first: reserved one by one, hundreds of pings filled the counter
+store's group commits, and every on-demand read waited behind them. Pings have their own small pool
+of slots per collector, apart from collection and from the command slots, so an outage storm's pings
+never hold up a switch command.
 
 Any answer from the meter counts as "powered", even a refused association or a failed
 authentication (a meter that refuses is a meter with power; the collector reports such failures when
@@ -15,16 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Sequence
 
 import structlog
 
 from openami.headend.collector import Collector
+from openami.headend.counters import ReservedBlock
 from openami.protocols.dlms.client import ClientSettings, DlmsClient
 from openami.protocols.dlms.errors import DlmsError
 from openami.protocols.dlms.obis import CLOCK
 from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTimeoutError
 
-__all__ = ["PING_SLOTS", "ping"]
+__all__ = ["PING_SLOTS", "ping", "ping_many"]
 
 PING_SLOTS = 256
 _log = structlog.get_logger("openami.headend")
@@ -38,16 +43,28 @@ def _slots_of(collector: Collector) -> asyncio.Semaphore:
     return slots
 
 
-async def ping(collector: Collector, meter_id: int, *, timeout_s: float) -> bool:
+async def ping_many(collector: Collector, meter_ids: Sequence[int], *, timeout_s: float) -> list[bool]:
+    """:func:`ping` each meter (at most ``PING_SLOTS`` at once), answers in the order given; the blocks
+    of counters are reserved for all of them in one transaction before the first ping."""
+    versions = {m: collector.targets[m].key_version for m in meter_ids if m in collector.targets}
+    reserved = await collector.counters.reserve_many(sorted(versions), versions) if versions else {}
+    mark = collector.counters.mark()  # after the reservation: an operation on a meter since makes its block stale
+    blocks = {m: ReservedBlock(first, server, versions[m], mark) for m, (first, server) in reserved.items()}
+    pings = (ping(collector, m, timeout_s=timeout_s, reserved=blocks.get(m)) for m in meter_ids)
+    return list(await asyncio.gather(*pings))
+
+
+async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserved: ReservedBlock | None = None) -> bool:
     """True when the meter answers (it has power), False when it stays silent; raises nothing for I/O.
 
-    A meter the head-end does not know is not pinged (False).
+    A meter the head-end does not know is not pinged (False). ``reserved``: a block of counters
+    reserved ahead (used only while still current, see ``Collector.reserve_block``).
     """
     target = collector.targets.get(meter_id)
     if target is None:
         return False
     async with _slots_of(collector), collector.meter_lock(meter_id):
-        counters = await collector.reserve_block(meter_id, target.key_version)
+        counters = await collector.reserve_block(meter_id, target.key_version, reserved=reserved)
         settings = ClientSettings.management(
             target.host,
             target.port,

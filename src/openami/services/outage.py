@@ -49,7 +49,7 @@ from openami.db.outages import AffectedMeter, NewOutage, OutageRecord
 from openami.domain.meter_events import EventCode, MeterEvents
 from openami.domain.outages import DeviceKind, OutageChanged, OutageState
 from openami.headend.collector import Collector
-from openami.headend.ping import ping
+from openami.headend.ping import ping_many
 from openami.services.outage_inference import Device, Grid, InferenceParameters, Suspect, infer
 from openami.settings import OutageSettings
 from openami.waiting import wait_until_set
@@ -63,6 +63,10 @@ _RELOAD_AFTER_S = 30.0  # a gasp from a meter outside the loaded grid reloads it
 _ROWS_PER_TRANSACTION = 5_000  # affected meters written per transaction (see _write_chunked)
 _T = TypeVar("_T")
 _BACKLOG_WAIT_MAX_S = 60.0  # verification waits for queued events at most this long past its due time
+
+
+async def _ping_each(pinger: Pinger, meters: Sequence[int]) -> list[bool]:
+    return list(await asyncio.gather(*(pinger(m) for m in meters)))
 
 
 def changed(record: OutageRecord, change: str, at: datetime) -> OutageChanged:
@@ -108,7 +112,11 @@ class OutageEngine:
         self._bus = bus
         self._settings = settings
         self._now = now
-        self._pinger = pinger or (lambda meter: ping(collector, meter, timeout_s=settings.ping_timeout_s))
+        self._ping_round: Callable[[Sequence[int]], Awaitable[list[bool]]] = (
+            (lambda meters: ping_many(collector, meters, timeout_s=settings.ping_timeout_s))
+            if pinger is None
+            else (lambda meters: _ping_each(pinger, meters))
+        )
         self._params = InferenceParameters(settings.min_delivery, settings.spurious, settings.device_prior)
         self.grid = Grid({}, {}, {})
         self._places: dict[int, topology_repo.MeterPlace] = {}
@@ -371,7 +379,7 @@ class OutageEngine:
         if not wanted:
             return False
         order = sorted(wanted)
-        answers = await asyncio.gather(*(self._pinger(m) for m in order))
+        answers = await self._ping_round(order)
         for meter, answered in zip(order, answers, strict=True):
             (alive if answered else dark).add(meter)
             if answered:
@@ -508,7 +516,7 @@ class OutageEngine:
             self._untrack(state.id)
         silent = {state.id: sorted(state.meters - state.restored) for state in states}
         everyone = sorted(set().union(*silent.values()))
-        answers = await asyncio.gather(*(self._pinger(m) for m in everyone))
+        answers = await self._ping_round(everyone)
         answered = {m for m, ok in zip(everyone, answers, strict=True) if ok}
         for meter in answered:  # back in every other open outage too
             for other in self._member.get(meter, set()):

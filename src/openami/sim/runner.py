@@ -199,10 +199,13 @@ def start_fleet_processes(
     processes: int | None = None,
     commissioning_path: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
+    partitions: Sequence[Sequence[int]] | None = None,
 ) -> FleetHandle:
     """Start the fleet in worker processes and return once every meter listens.
 
-    ``processes`` defaults to enough workers for ``max_meters_per_process`` each. When
+    ``processes`` defaults to enough workers for ``max_meters_per_process`` each; ``partitions``
+    instead names each worker's meters (fleet indices; every meter in exactly one), e.g. to serve a
+    benchmark's probe meters from a process of their own. When
     ``commissioning_path`` is given, the commissioning file (0600) is written there before returning,
     with the ports actually bound. ``timeout`` defaults to a minute plus the meters' warm-up on two
     busy cores. Raises TimeoutError/RuntimeError (after stopping the workers) when a worker does not
@@ -215,7 +218,7 @@ def start_fleet_processes(
     workers: list[_Worker] = []
     handle = FleetHandle(fleet, workers, None)
     try:
-        for part in fleet.partitions(processes):
+        for part in _parts(fleet, processes, partitions):
             workers.append(_spawn(part, fleet.config))
         ports = _await_ready(workers, timeout)
     except BaseException:
@@ -227,6 +230,17 @@ def start_fleet_processes(
     if commissioning_path is not None:
         handle.commissioning_path = write_commissioning(commissioning_path, commissioning_document(fleet))
     return handle
+
+
+def _parts(
+    fleet: Fleet, processes: int | None, partitions: Sequence[Sequence[int]] | None
+) -> list[tuple[SimMeter, ...]]:
+    if partitions is None:
+        return fleet.partitions(processes)
+    indices = [i for part in partitions for i in part]
+    if sorted(indices) != list(range(len(fleet.meters))):
+        raise ValueError("partitions must name every meter of the fleet exactly once")
+    return [tuple(fleet.meters[i] for i in part) for part in partitions if part]
 
 
 def _with_ports(fleet: Fleet, ports: dict[int, int]) -> Fleet:

@@ -1,5 +1,6 @@
 """``headend.ping`` against a meter that is not there: silence is False, and the counters it reserved
-are recorded (a ping never reuses an invocation counter)."""
+are recorded (a ping never reuses an invocation counter). ``ping_many`` against simulated meters:
+answers in order, blocks reserved for the round in one go and never reused."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncio
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from openami.db.tables import invocation_counters
-from openami.headend.ping import ping
+from openami.headend.ping import ping, ping_many
 from openami.services.bootstrap import build_platform, stop_platform
 from openami.services.meters import import_commissioning, load_targets
 from openami.settings import Settings
+from openami.sim.commissioning import commissioning_document
+from openami.sim.fleet import Fleet, FleetConfig
+from openami.sim.runner import LocalFleetControl, run_fleet_in_process
 
 KEYS = {"guek": "11" * 16, "gak": "22" * 16}
 
@@ -36,6 +42,36 @@ async def test_a_meter_that_does_not_answer_is_dark_and_its_counters_move_on(eng
         assert _next_counter(engine, meter_id) > first  # each ping uses a fresh block, never one used before
         assert await ping(platform.collector, meter_id + 1000, timeout_s=0.5) is False  # not a registered meter
     finally:
+        await stop_platform(platform)
+
+
+async def test_a_round_of_pings_answers_in_order_with_counters_reserved_once_and_never_reused(
+    engine: Engine, tmp_path: Path
+) -> None:
+    platform = build_platform(Settings(data_dir=tmp_path), engine=engine)
+    local = LocalFleetControl()
+    stop = asyncio.Event()
+    ready: asyncio.Future[Fleet] = asyncio.get_running_loop().create_future()
+    config = FleetConfig(meters=3, seed=8, port=0, single_address=True, days=1, flaky_fraction=0)
+    task = asyncio.create_task(run_fleet_in_process(config, stop, ready, control=local))
+    try:
+        fleet = await ready
+        ids = import_commissioning(engine, platform.keystore, commissioning_document(fleet), now=datetime.now(UTC))
+        platform.collector.targets = load_targets(engine, platform.keystore)
+        meters = [ids[m.serial] for m in fleet.meters]
+        assert local.control("power-fail", [fleet.meters[1].index], last_gasp_share=0.0, seed=1) == 1
+        order = [meters[2], meters[1], max(meters) + 1000, meters[0]]  # one unknown: not pinged, False
+        assert await ping_many(platform.collector, order, timeout_s=1.0) == [True, False, False, True]
+        before = {m: _next_counter(engine, m) for m in meters}
+        # a second round reserves fresh blocks: the meters would refuse a counter used before as a replay
+        assert await ping_many(platform.collector, order, timeout_s=1.0) == [True, False, False, True]
+        assert all(_next_counter(engine, m) > before[m] for m in meters)
+        # a session in between (a single ping) makes nothing stale for the next round either
+        assert await ping(platform.collector, meters[0], timeout_s=1.0) is True
+        assert await ping_many(platform.collector, [meters[0]], timeout_s=1.0) == [True]
+    finally:
+        stop.set()
+        await task
         await stop_platform(platform)
 
 
