@@ -285,7 +285,11 @@ def store_first_keys(
     """Commission many meters at once: every meter in ``keys`` that has no stored key at all gets its
     keys as version 1, active, and its counters in that key's space, in a few statements. Returns the
     meters it stored; the others (keys stored before) are left for :func:`store_meter_keys`."""
-    known = set(conn.execute(sa.select(mk.c.meter_id).where(mk.c.meter_id.in_(list(keys))).distinct()).scalars())
+    ids = list(keys)
+    known: set[int] = set()
+    for i in range(0, len(ids), _IN_CHUNK):  # PostgreSQL takes at most 65,535 parameters a statement
+        chunk = ids[i : i + _IN_CHUNK]
+        known.update(conn.execute(sa.select(mk.c.meter_id).where(mk.c.meter_id.in_(chunk)).distinct()).scalars())
     fresh = [m for m in keys if m not in known]
     rows = [
         {
@@ -383,14 +387,16 @@ def load_active_keys(
     """:func:`load_meter_keys` for many meters in one query: ({meter: (keys, GUEK version)}, {meter:
     why its keys are unusable}). A meter whose keys are missing or do not decrypt is in the second map
     with the same NotFound / KeyIntegrityError the one-meter function raises, never in the first."""
-    rows = conn.execute(
-        sa.select(mk.c.meter_id, mk.c.key_kind, mk.c.key_version, mk.c.kek_id, mk.c.wrapped)
-        .where(mk.c.meter_id.in_(list(meter_ids)), mk.c.state == ACTIVE)
-        .order_by(mk.c.meter_id, mk.c.key_kind, mk.c.key_version)
-    )
+    ids = list(meter_ids)
     newest: dict[int, dict[str, tuple[int, str, bytes]]] = {}
-    for meter_id, kind, version, kek_id, blob in rows:  # ascending versions: the last one wins
-        newest.setdefault(int(meter_id), {})[str(kind)] = (int(version), str(kek_id), bytes(blob))
+    for i in range(0, len(ids), _IN_CHUNK):  # PostgreSQL takes at most 65,535 parameters a statement
+        rows = conn.execute(
+            sa.select(mk.c.meter_id, mk.c.key_kind, mk.c.key_version, mk.c.kek_id, mk.c.wrapped)
+            .where(mk.c.meter_id.in_(ids[i : i + _IN_CHUNK]), mk.c.state == ACTIVE)
+            .order_by(mk.c.meter_id, mk.c.key_kind, mk.c.key_version)
+        )
+        for meter_id, kind, version, kek_id, blob in rows:  # ascending versions: the last one wins
+            newest.setdefault(int(meter_id), {})[str(kind)] = (int(version), str(kek_id), bytes(blob))
     loaded: dict[int, tuple[MeterKeys, int]] = {}
     failed: dict[int, OpenAmiError] = {}
     for meter_id in meter_ids:

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from openami.db.tables import meter_keys
 from openami.errors import NotFound
+from openami.security import keystore as keystore_module
 from openami.security.keystore import (
     FileMasterKey,
     KeyIntegrityError,
@@ -20,8 +21,10 @@ from openami.security.keystore import (
     MasterKeyProvider,
     MeterKeys,
     StaticMasterKey,
+    load_active_keys,
     load_meter_keys,
     master_key_provider,
+    store_first_keys,
     store_meter_keys,
 )
 from openami.settings import Settings
@@ -155,3 +158,20 @@ def test_keys_never_appear_in_repr_str_or_errors() -> None:
     assert GAK.hex() not in str(caught.value)
     assert caught.value.__cause__ is None
     assert MeterKeys.from_hex(GUEK.hex(), GAK.hex()) == keys
+
+
+def test_many_meters_are_commissioned_and_loaded_in_chunks_of_meter_ids(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL takes at most 65,535 parameters a statement: 100,000 meters' ids in one IN list failed."""
+    monkeypatch.setattr(keystore_module, "_IN_CHUNK", 2)
+    keystore = FileMasterKey.open(tmp_path / "master.key")
+    with engine.begin() as conn:
+        ids = add_meters(conn, 5)
+        keys = {m: MeterKeys(guek=bytes([m % 256]) * 16, gak=GAK) for m in ids}
+        assert store_first_keys(conn, keystore, dict(list(keys.items())[:3]), now=NOW) == set(ids[:3])
+        assert store_first_keys(conn, keystore, keys, now=NOW) == set(ids[3:])  # the first three were known
+    with engine.connect() as conn:
+        loaded, failed = load_active_keys(conn, keystore, [*ids, max(ids) + 1])
+    assert {m: k.guek for m, (k, _) in loaded.items()} == {m: k.guek for m, k in keys.items()}
+    assert list(failed) == [max(ids) + 1]
