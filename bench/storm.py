@@ -73,7 +73,7 @@ from openami.settings import (  # noqa: E402
     CollectionSettings,
     PushSettings,
 )
-from openami.sim.fleet import MAX_METERS_PER_PROCESS, PUSH_TRANSPORTS, Fleet, FleetConfig  # noqa: E402
+from openami.sim.fleet import MAX_METERS_PER_PROCESS, PUSH_TRANSPORTS, Fleet, FleetConfig, build_fleet  # noqa: E402
 from openami.sim.runner import FleetHandle, start_fleet_processes  # noqa: E402
 from openami.sim.scenarios import last_gasp_chosen, restore_chosen  # noqa: E402
 
@@ -326,13 +326,26 @@ async def _storm(
     return result
 
 
-async def _run(platform: Platform, handle: FleetHandle, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+def _probe_sample(fleet: Fleet, args: argparse.Namespace) -> list[int]:
+    """Fleet indices of the probe meters: reads first, then commands; all on feeders that do not fail."""
+    feeders = set(_failed_feeders(fleet, args.fail_share))
+    healthy = sorted(i for f, members in _by_feeder(fleet).items() if f not in feeders for i in members)
+    return random.Random(7).sample(healthy, min(len(healthy), args.probes + args.probes // 4))
+
+
+def _partitions(fleet: Fleet, processes: int, probes: Sequence[int]) -> list[list[int]]:
+    """The usual contiguous slices, with the probe meters taken out into a process of their own."""
+    taken = set(probes)
+    parts = [[m.index for m in part if m.index not in taken] for part in fleet.partitions(processes)]
+    return [*parts, sorted(taken)]
+
+
+async def _run(
+    platform: Platform, handle: FleetHandle, sample: Sequence[int], args: argparse.Namespace, console: Console
+) -> dict[str, Any]:
     fleet = handle.fleet
     with platform.engine.connect() as conn:
         ids = meter_ids_by_serial(conn, [m.serial for m in fleet.meters])
-    feeders = set(_failed_feeders(fleet, args.fail_share))
-    healthy = sorted(i for f, members in _by_feeder(fleet).items() if f not in feeders for i in members)
-    sample = random.Random(7).sample(healthy, min(len(healthy), 2 * args.probes))
     read_ids = [ids[fleet.meters[i].serial] for i in sample[: args.probes]]
     switch_ids = [ids[fleet.meters[i].serial] for i in sample[args.probes : args.probes + args.probes // 4]]
     probes = Probes(platform, read_ids, switch_ids)
@@ -375,7 +388,15 @@ def main() -> None:
     parser.add_argument("--baseline-s", type=float, default=10.0, help="seconds of probes before the storm")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up waiting for a stage after this")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--fleet-nice", type=int, default=0, help="nice value of the simulator's processes")
+    parser.add_argument(
+        "--fleet-nice", type=int, default=10, help="nice value of the simulator's processes (the probe process: 0)"
+    )
+    parser.add_argument(
+        "--probe-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the probe meters from a simulator process of their own, not reniced",
+    )
     parser.add_argument("--push-transport", choices=PUSH_TRANSPORTS, default="udp", help="how the meters push")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -411,12 +432,18 @@ def main() -> None:
                                      authority_certificate_pem=authority.certificate_pem, push_host=host,
                                      push_port=port, push_transport=args.push_transport)  # fmt: skip
                 processes = math.ceil(args.meters / MAX_METERS_PER_PROCESS)
-                console.print(f"starting {args.meters:,} simulated meters in {processes} processes...")
+                fleet = build_fleet(config)
+                sample = _probe_sample(fleet, args)
+                parts = _partitions(fleet, processes, sample) if args.probe_process else None
+                workers = len(parts) if parts else processes
+                console.print(f"starting {args.meters:,} simulated meters in {workers} processes...")
                 started = time.perf_counter()
                 handle = await asyncio.to_thread(
-                    start_fleet_processes, config, processes=processes, commissioning_path=tmp / "c.json"
-                )
-                for pid in handle.pids:  # the meters are not the head-end's: they get what CPU it leaves
+                    start_fleet_processes, fleet, processes=processes, commissioning_path=tmp / "c.json",
+                    partitions=parts,
+                )  # fmt: skip
+                storm_pids = handle.pids[:-1] if args.probe_process else handle.pids
+                for pid in storm_pids:  # the storm's meters stand for devices elsewhere: they get what CPU is left
                     os.setpriority(os.PRIO_PROCESS, pid, args.fleet_nice)
                 document = json.loads((tmp / "c.json").read_text(encoding="utf-8"))
                 await asyncio.to_thread(
@@ -427,7 +454,7 @@ def main() -> None:
                     platform.outages.reload_grid()
                 console.print(f"fleet up and imported in {time.perf_counter() - started:.0f} s")
                 return {"meters": args.meters, "db": args.db, "push_transport": args.push_transport,
-                        **await _run(platform, handle, args, console)}  # fmt: skip
+                        **await _run(platform, handle, sample, args, console)}  # fmt: skip
             finally:
                 await stop_platform(platform)
                 if handle is not None:

@@ -10,7 +10,9 @@ A restart must never reopen a replay window, in either direction:
 
 Concurrent sessions' reservations and records are grouped into one transaction (group commit):
 each caller waits until its own operation is durable, and a busy collection costs one commit per
-batch rather than two per meter.
+batch rather than two per meter. Background sessions (the outage engine's pings) record in group
+commits of their own, as a bulk writer: a storm's pings never hold up an on-demand read's or a
+command's commit.
 
 A caller that writes in a transaction of its own anyway (the switch command queue's claim) may
 reserve a session's block there (:func:`reserve_ahead`) and hand it to the session: the session uses
@@ -27,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection, Engine
 
 from openami.db import counters as counter_repo
+from openami.db.engine import bulk_writes
 
 CLIENT_IC_BLOCK = 4096
 """Counters reserved per session; a session uses one per request (a week's profile needs ≈ 40)."""
@@ -75,6 +78,17 @@ class _Record:
 _Op = _Reserve | _Record
 
 
+@dataclass(slots=True)
+class _Lane:
+    """Operations waiting for one group commit, and the task that commits them."""
+
+    name: str
+    bulk: bool  # written as a bulk writer (db.engine.bulk_writes): every other writer goes first
+    ops: list[_Op] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
 class CounterStore:
     """Reserve and record invocation counters; one per head-end process."""
 
@@ -88,9 +102,8 @@ class CounterStore:
         self._engine = engine
         self._flush_interval_s = flush_interval_s
         self._now = now
-        self._ops: list[_Op] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._urgent = _Lane("headend.counters", bulk=False)
+        self._background = _Lane("headend.counters.background", bulk=True)
         self._completed = 0  # counter operations completed (committed) so far
         self._last_completed: dict[int, int] = {}  # meter -> _completed after its latest one
 
@@ -110,17 +123,22 @@ class CounterStore:
             self._last_completed[meter_id] = self._completed
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="headend.counters")
+        for lane in (self._urgent, self._background):
+            self._start(lane)
+
+    def _start(self, lane: _Lane) -> None:
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._run(lane), name=lane.name)
 
     async def close(self) -> None:
         """Flush what is queued, then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._flush()
+        for lane in (self._urgent, self._background):
+            if lane.task is not None:
+                lane.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lane.task
+                lane.task = None
+            await self._flush(lane)
 
     async def reserve(self, meter_id: int, *, key_version: int | None = None) -> tuple[int, int | None]:
         """Durably reserve a block; returns (first client IC to use, last server IC accepted or None).
@@ -149,35 +167,45 @@ class CounterStore:
         }
 
     async def record(
-        self, meter_id: int, *, client_ic_next: int, server_ic_last: int | None, key_version: int | None = None
+        self,
+        meter_id: int,
+        *,
+        client_ic_next: int,
+        server_ic_last: int | None,
+        key_version: int | None = None,
+        background: bool = False,
     ) -> None:
         """Make the counters a session ended with durable; returns once committed.
 
         ``key_version``: the GUEK version the session used (its server IC is ignored for another one).
+        ``background``: the session is background work (the outage engine's pings): recorded in group
+        commits of their own, written as a bulk writer, so that hundreds of them never make an
+        on-demand read or a command wait for their commit.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._submit(_Record(meter_id, client_ic_next, server_ic_last, future, key_version))
+        op = _Record(meter_id, client_ic_next, server_ic_last, future, key_version)
+        self._submit(op, self._background if background else self._urgent)
         await future
 
-    def _submit(self, op: _Op) -> None:
-        self._ops.append(op)
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="headend.counters")
-        self._wake.set()
+    def _submit(self, op: _Op, lane: _Lane | None = None) -> None:
+        lane = lane or self._urgent
+        lane.ops.append(op)
+        self._start(lane)
+        lane.wake.set()
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
         while True:
-            await self._wake.wait()
+            await lane.wake.wait()
             await asyncio.sleep(self._flush_interval_s)  # let concurrent sessions join this commit
-            self._wake.clear()
-            await self._flush()
+            lane.wake.clear()
+            await self._flush(lane)
 
-    async def _flush(self) -> None:
-        ops, self._ops = self._ops, []
+    async def _flush(self, lane: _Lane) -> None:
+        ops, lane.ops = lane.ops, []
         if not ops:
             return
         try:
-            results = await asyncio.to_thread(self._apply, ops)
+            results = await asyncio.to_thread(self._apply, ops, bulk=lane.bulk)
         except Exception as exc:  # noqa: BLE001 - every waiter gets the failure and reports it
             for op in ops:
                 if not op.future.done():
@@ -192,7 +220,7 @@ class CounterStore:
             else:
                 op.future.set_result(None)
 
-    def _apply(self, ops: list[_Op]) -> list[tuple[int, int | None] | None]:
+    def _apply(self, ops: list[_Op], *, bulk: bool = False) -> list[tuple[int, int | None] | None]:
         """One transaction: every record in one executemany (counters only move forward), then the
         reservations. Rows are locked in meter order, as a collection's bulk reservation locks them,
         so two such transactions can never deadlock on PostgreSQL."""
@@ -201,7 +229,7 @@ class CounterStore:
             (op.meter_id, op.client_ic_next, op.server_ic_last, op.key_version) for op in ops if isinstance(op, _Record)
         )
         results: list[tuple[int, int | None] | None] = [None] * len(ops)
-        with self._engine.begin() as conn:
+        with bulk_writes() if bulk else contextlib.nullcontext(), self._engine.begin() as conn:
             counter_repo.advance_many(conn, records, now=now)
             reserves = sorted((op.meter_id, i) for i, op in enumerate(ops) if isinstance(op, _Reserve))
             for meter_id, i in reserves:

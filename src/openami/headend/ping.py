@@ -5,7 +5,8 @@ A ping holds the meter's session lock (``Collector.meter_lock``: a meter serves 
 time) and uses fresh invocation counters (``Collector.reserve_block``), recorded afterwards so that no
 counter is ever used twice. A round of pings (:func:`ping_many`, the outage engine's) reserves every
 meter's block in one transaction first: reserved one by one, hundreds of pings filled the counter
-store's group commits, and every on-demand read waited behind them. Pings have their own small pool
+store's group commits, and every on-demand read waited behind them; their records go in group commits
+of their own (``CounterStore.record(background=True)``) for the same reason. Pings have their own small pool
 of slots per collector, apart from collection and from the command slots, so an outage storm's pings
 never hold up a switch command.
 
@@ -93,6 +94,7 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
                 client_ic_next=client.client_invocation_counter,
                 server_ic_last=None if server_ic < 0 else server_ic,
                 key_version=target.key_version,
+                background=True,
             )
     _log.debug("headend.ping", meter_id=meter_id, answered=answered)
     return answered

@@ -323,7 +323,7 @@ class OutageEngine:
         gasped = set(gasps)
         back = {m for m, t in gasps.items() if self._back.get(m, -1) >= t}
         dark, alive = set(gasps), set[int]()
-        initial = self._infer(dark, alive, explained)
+        initial = await self._infer(dark, alive, explained)
         confirm = [s for s in initial if not self._all_back(s, gasped, back)]
         pings = [0, 0]
         for _ in range(self._settings.confirm_rounds):
@@ -331,7 +331,8 @@ class OutageEngine:
             if not asked:
                 break
             before = _devices(confirm)
-            confirm = [s for s in self._infer(dark - back, alive, explained) if not self._all_back(s, gasped, back)]
+            inferred = await self._infer(dark - back, alive, explained)
+            confirm = [s for s in inferred if not self._all_back(s, gasped, back)]
             if _devices(confirm) == before:
                 break  # the answers confirmed every suspect: another round would only ask more of the same
         # a device whose gasping meters all came back (by push, or answering a ping) was a momentary outage
@@ -342,8 +343,12 @@ class OutageEngine:
         ]  # fmt: skip
         await self._record(momentary, confirm, gasps, back | alive, alive, pings)
 
-    def _infer(self, dark: set[int], alive: set[int], explained: set[int]) -> list[Suspect]:
-        located = infer(self.grid, dark | explained, alive, explained=explained, params=self._params)
+    async def _infer(self, dark: set[int], alive: set[int], explained: set[int]) -> list[Suspect]:
+        """The most likely failed devices; in a worker thread (a storm's inference takes the CPU for a
+        while, and commands and on-demand reads share the event loop), on copies of what may change."""
+        located = await asyncio.to_thread(
+            infer, self.grid, dark | explained, set(alive), explained=set(explained), params=self._params
+        )
         unplaced = [m for m in dark if m not in self._places and m not in alive]  # meters outside the grid
         return located + [Suspect(DeviceKind.METER, str(m), 1, 1, 0.0) for m in sorted(unplaced)]
 

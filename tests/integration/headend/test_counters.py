@@ -57,6 +57,30 @@ async def test_concurrent_records_are_grouped_and_durable(engine: Engine, meter_
             assert counter_repo.get(conn, m) == (100 + m, 50 + m)
 
 
+async def test_background_records_commit_in_their_own_group_and_are_as_durable(
+    engine: Engine, meter_ids: list[int]
+) -> None:
+    store = CounterStore(engine)
+    mark = store.mark()
+    background = [
+        asyncio.ensure_future(store.record(m, client_ic_next=200 + m, server_ic_last=70 + m, background=True))
+        for m in meter_ids[1:]
+    ]
+    await store.record(meter_ids[0], client_ic_next=300, server_ic_last=90)  # its own group: does not wait for them
+    assert not store.unchanged_since(meter_ids[0], mark)
+    await asyncio.gather(*background)
+    assert all(not store.unchanged_since(m, mark) for m in meter_ids)
+    late = asyncio.ensure_future(store.record(meter_ids[1], client_ic_next=900, server_ic_last=95, background=True))
+    await asyncio.sleep(0)  # submitted, not yet flushed: close() must still write it
+    await store.close()
+    await late
+    with engine.connect() as conn:
+        assert counter_repo.get(conn, meter_ids[0]) == (300, 90)
+        assert counter_repo.get(conn, meter_ids[1]) == (900, 95)
+        for m in meter_ids[2:]:
+            assert counter_repo.get(conn, m) == (200 + m, 70 + m)
+
+
 async def test_reserve_many_reserves_every_meter_in_one_go(engine: Engine, meter_ids: list[int]) -> None:
     store = CounterStore(engine)
     await store.record(meter_ids[1], client_ic_next=7, server_ic_last=99)
