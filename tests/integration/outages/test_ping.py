@@ -4,11 +4,10 @@ answers in order, blocks reserved for the round in one go and never reused."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import asyncio
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
