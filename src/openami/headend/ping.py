@@ -4,9 +4,9 @@ restoration verification.
 A ping holds the meter's session lock (``Collector.meter_lock``: a meter serves one session at a
 time) and uses fresh invocation counters (``Collector.reserve_block``), recorded afterwards so that no
 counter is ever used twice. A round of pings (:func:`ping_many`, the outage engine's) reserves every
-meter's block in one transaction first: reserved one by one, hundreds of pings filled the counter
-store's group commits, and every on-demand read waited behind them; their records go in group commits
-of their own (``CounterStore.record(background=True)``) for the same reason. Pings have their own small pool
+meter's block in one transaction first, and the pings record theirs in group commits of their own
+(``CounterStore.record(background=True)``): one by one, a round's hundreds of reservations and records
+went through the same group commits as on-demand reads. Pings have their own small pool
 of slots per collector, apart from collection and from the command slots, so an outage storm's pings
 never hold up a switch command.
 

@@ -223,3 +223,26 @@ def test_cli_refuses_an_impossible_fleet(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 2
     assert "leaves no room" in stderr
+
+
+def test_explicit_partitions_serve_the_named_meters_per_process_and_must_name_each_meter_once() -> None:
+    config = FleetConfig(meters=4, seed=9, flaky_fraction=0.0, port=0, single_address=True, days=1)
+    with pytest.raises(ValueError, match="exactly once"):
+        start_fleet_processes(config, partitions=[[0, 1], [1, 2, 3]])
+    with pytest.raises(ValueError, match="exactly once"):
+        start_fleet_processes(config, partitions=[[0, 1], [3]])
+    with start_fleet_processes(config, partitions=[[0, 2, 3], [1]], timeout=60) as handle:
+        assert len(handle.pids) == 2
+        assert handle.control("power-fail", [1], last_gasp_share=0.0, seed=1) == 1  # the second process's meter
+
+        async def answers() -> list[bool]:
+            found = []
+            for meter in handle.fleet.meters:
+                try:
+                    async with associated(meter, timeout_s=1.0):
+                        found.append(True)
+                except (DlmsTimeoutError, ConnectionClosedError, OSError):
+                    found.append(False)
+            return found
+
+        assert asyncio.run(answers()) == [True, False, True, True]
