@@ -1,8 +1,12 @@
-"""The in-process SQLite write gate: bulk writers yield to the others, and the gate is always given back."""
+"""The SQLite write gate: bulk writers yield to the others (in this process and in others), and the gate
+is always given back."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -122,3 +126,61 @@ def test_a_writer_that_waits_out_the_gate_is_logged_and_meets_sqlites_own_lock(d
         holder.commit()
         holder.close()
         late.close()
+
+
+_BULK_LOOP = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    from openami.db._sqlite_gate import GatedConnection, bulk_writes
+    conn = sqlite3.connect(sys.argv[1], timeout=10, factory=GatedConnection)
+    for i in range(int(sys.argv[2])):
+        with bulk_writes():
+            conn.execute("INSERT INTO t VALUES (?)", (f"bulk-{i}",))
+        time.sleep(0.03)  # a long bulk transaction, and the next one begins at once
+        conn.commit()
+    """
+)
+
+
+def _rows(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [r[0] for r in conn.execute("SELECT who FROM t ORDER BY rowid")]
+
+
+def test_a_bulk_writer_of_another_process_lets_a_waiting_command_in(db: Path) -> None:
+    """Without the lock file the command polls in SQLite's busy handler and finds the write lock free
+    in none of the gaps between the other process's back-to-back transactions: it waited for the lot."""
+    loop = subprocess.Popen([sys.executable, "-c", _BULK_LOOP, str(db), "40"])
+    try:
+        deadline = time.monotonic() + 20
+        while not _rows(db) and time.monotonic() < deadline:  # the other process is writing
+            time.sleep(0.01)
+        conn = _connect(db)
+        conn.execute("INSERT INTO t VALUES ('command')")
+        conn.commit()
+        conn.close()
+        assert loop.wait(30) == 0
+    finally:
+        loop.kill()
+    rows = _rows(db)
+    assert len(rows) == 41
+    assert rows.index("command") < 10, rows  # in after a few of the 40 bulk transactions, not after all
+
+
+def test_a_writer_of_another_process_waits_for_this_ones_turn(db: Path) -> None:
+    holder = _connect(db)
+    holder.execute("INSERT INTO t VALUES ('holder')")  # this process's turn, until commit
+    other = subprocess.Popen(
+        [sys.executable, "-c", _BULK_LOOP.replace("with bulk_writes():", "if True:"), str(db), "1"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(0.3)
+        assert other.poll() is None  # waiting, not refused
+        holder.commit()
+        assert other.wait(10) == 0, other.stderr.read() if other.stderr else ""
+    finally:
+        other.kill()
+        holder.close()
+    assert _rows(db) == ["holder", "bulk-0"]
+    assert (db.parent / f"{db.name}-writer.lock").stat().st_mode & 0o077 == 0
