@@ -60,6 +60,7 @@ from openami.db.migrations import upgrade  # noqa: E402
 from openami.db.tables import meter_events, outages  # noqa: E402
 from openami.domain.meter_events import EventCode  # noqa: E402
 from openami.errors import MeterCommunicationError, OpenAmiError  # noqa: E402
+from openami.headend.events import PipelineStats  # noqa: E402
 from openami.security import command_authority  # noqa: E402
 from openami.security.keystore import master_key_provider  # noqa: E402
 from openami.security.policy import ALL_SCOPES, RequestScope, Role  # noqa: E402
@@ -68,6 +69,7 @@ from openami.services.bootstrap import build_platform, reload_targets, start_pla
 from openami.services.context import Platform  # noqa: E402
 from openami.services.meters import import_commissioning  # noqa: E402
 from openami.services.pki import ca_files  # noqa: E402
+from openami.services.push_process import PushProcess  # noqa: E402
 from openami.services.switch import CommandRequest  # noqa: E402
 from openami.settings import (  # noqa: E402
     CollectionSettings,
@@ -227,17 +229,24 @@ async def _until(what: str, check: Callable[[], bool], timeout_s: float, console
     return None
 
 
+def _pushes(platform: Platform) -> tuple[PipelineStats, int] | None:
+    """The push pipeline's totals and queue: the push process's (``--push-process``) or the platform's own."""
+    if isinstance(platform.push_listener, PushProcess):
+        return platform.push_listener.stats, platform.push_listener.queued
+    return None if platform.events is None else (platform.events.stats, platform.events.queued)
+
+
 async def _report_progress(platform: Platform, console: Console, every_s: float = 2.0) -> None:
     """Every few seconds: what the event pipeline took, stored, dropped and has queued (cheap counters)."""
     started = time.perf_counter()
     cpu = time.process_time()
-    while platform.events is not None:
+    while (pushes := _pushes(platform)) is not None:
         await asyncio.sleep(every_s)
-        stats = platform.events.stats
+        stats, queued = pushes
         used, cpu = time.process_time() - cpu, time.process_time()
         console.print(
             f"  t={time.perf_counter() - started:5.1f} s: events received {stats.received:,}, stored {stats.stored:,}, "
-            f"dropped {stats.dropped:,}, queued {platform.events.queued:,}; platform CPU {used / every_s:.0%}"
+            f"dropped {stats.dropped:,}, queued {queued:,}; platform CPU {used / every_s:.0%}"
         )
 
 
@@ -369,8 +378,8 @@ async def _run(
         result[f"{kind}_p99_ratio"] = round(storm / base, 2) if base and not math.isnan(storm) else None
     result["probe_failures"] = probes.failures
     result["slowest_command"] = probes.slowest
-    if platform.events is not None:
-        stats = platform.events.stats
+    if (pushes := _pushes(platform)) is not None:
+        stats = pushes[0]
         result.update({"events_received": stats.received, "events_stored": stats.stored,
                        "events_duplicates": stats.duplicates, "events_rejected": stats.rejected,
                        "events_dropped": stats.dropped})  # fmt: skip
@@ -397,6 +406,9 @@ def main() -> None:
         default=True,
         help="serve the probe meters from a simulator process of their own, not reniced",
     )
+    parser.add_argument(
+        "--push-process", action="store_true", help="the push listener and pipeline in a process of their own"
+    )
     parser.add_argument("--push-transport", choices=PUSH_TRANSPORTS, default="udp", help="how the meters push")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -411,7 +423,10 @@ def main() -> None:
             cluster = PostgresCluster.start(durable=True)
             url = cluster.url("postgres")
         settings = command_bench_settings(
-            tmp, url, collection=CollectionSettings(catch_up_days=1, retries=0, timeout_s=5), push=PushSettings(port=0)
+            tmp,
+            url,
+            collection=CollectionSettings(catch_up_days=1, retries=0, timeout_s=5),
+            push=PushSettings(port=0, process=args.push_process),
         )
         engine = create_engine(url)
         upgrade(engine)
@@ -450,10 +465,13 @@ def main() -> None:
                     import_commissioning, engine, platform.keystore, document, now=datetime.now(UTC)
                 )
                 reload_targets(platform)
+                if isinstance(platform.push_listener, PushProcess):
+                    await platform.push_listener.reloaded(timeout_s=300)
                 if platform.outages is not None:
                     platform.outages.reload_grid()
                 console.print(f"fleet up and imported in {time.perf_counter() - started:.0f} s")
                 return {"meters": args.meters, "db": args.db, "push_transport": args.push_transport,
+                        "push_process": args.push_process,
                         **await _run(platform, handle, sample, args, console)}  # fmt: skip
             finally:
                 await stop_platform(platform)

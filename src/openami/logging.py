@@ -18,7 +18,17 @@ def _redact(_logger: object, _method: str, event: dict[str, object]) -> dict[str
     return event
 
 
+_level = logging.INFO
+
+
+def configured_level() -> int:
+    """The level :func:`configure` was last given (a child process logs at the same)."""
+    return _level
+
+
 def configure(*, json: bool = False, level: int = logging.INFO) -> None:
+    global _level  # noqa: PLW0603 - one logging set-up per process
+    _level = level
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

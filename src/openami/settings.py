@@ -145,10 +145,13 @@ class PushSettings(BaseModel):
     datagram arriving while the queue is full is dropped and counted (the event log read on collection
     recovers it), and ``udp_receive_buffer_bytes`` sizes the socket's kernel buffer for bursts.
     Events more than ``future_tolerance_s`` ahead of the head-end's clock, or more than
-    ``commissioning_slack_s`` before their meter's commissioning, are refused.
+    ``commissioning_slack_s`` before their meter's commissioning, are refused. With ``process`` the
+    listener and pipeline run in a process of their own (``services.push_process``): a storm's
+    notifications then take none of the CPU that commands and on-demand reads need.
     """
 
     enabled: bool = True
+    process: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=4060, ge=0, le=65535)
     queue_size: int = Field(default=50_000, ge=1, le=10_000_000)

@@ -1,6 +1,8 @@
 """Meter events end to end: a simulated fleet in worker processes pushes to the platform's listener
-(started by ``start_platform``), and a collection reads the meters' event logs, so last gasps whose
-pushes never left the meters are still stored; every event is stored and published exactly once."""
+(started by ``start_platform``; in the platform's process or, with ``push.process``, in a process of
+its own that hands the stored events back), and a collection reads the meters' event logs, so last
+gasps whose pushes never left the meters are still stored; every event is stored and published
+exactly once."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -20,6 +23,7 @@ from openami.domain.meter_events import EventCode, MeterEvents
 from openami.services.bootstrap import build_platform, reload_targets, start_platform, stop_platform
 from openami.services.context import Platform
 from openami.services.meters import import_commissioning
+from openami.services.push_process import PushProcess
 from openami.settings import CollectionSettings, PushSettings, Settings
 from openami.sim.fleet import FleetConfig
 from openami.sim.runner import start_fleet_processes
@@ -41,11 +45,12 @@ async def _until_stored(platform: Platform, code: EventCode, count: int) -> None
         await asyncio.sleep(0.05)
 
 
-async def test_pushes_and_event_logs_of_a_fleet(engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("process", [False, True], ids=["in-process", "push-process"])
+async def test_pushes_and_event_logs_of_a_fleet(engine: Engine, tmp_path: Path, process: bool) -> None:
     settings = Settings(
         data_dir=tmp_path,
         collection=CollectionSettings(retries=0, timeout_s=5.0, catch_up_days=1),
-        push=PushSettings(port=0),
+        push=PushSettings(port=0, process=process),
     )
     platform = build_platform(settings, engine=engine)
     published: list[MeterEvents] = []
@@ -65,6 +70,10 @@ async def test_pushes_and_event_logs_of_a_fleet(engine: Engine, tmp_path: Path) 
         document = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
         import_commissioning(engine, platform.keystore, document, now=datetime.now(UTC))
         reload_targets(platform)
+        if process:  # the push process verifies with keys of its own: wait until it has the new meters'
+            assert isinstance(platform.push_listener, PushProcess)
+            assert platform.push_listener.pid is not None
+            await platform.push_listener.reloaded()
         with engine.connect() as conn:
             by_serial = meter_ids_by_serial(conn, [m.serial for m in fleet.fleet.meters])
         meter_of = {m.index: by_serial[m.serial] for m in fleet.fleet.meters}
@@ -93,3 +102,4 @@ async def test_pushes_and_event_logs_of_a_fleet(engine: Engine, tmp_path: Path) 
     keys = [(e.meter_id, e.code, e.meter_time) for batch in published for e in batch.events]
     assert len(keys) == len(set(keys)) == sum(stored.values())  # each stored event published once
     assert platform.events is None  # stopped with the platform
+    assert platform.push_listener is None

@@ -24,6 +24,7 @@ from openami.services import switch as switch_services
 from openami.services import workflows as workflow_services
 from openami.services.context import Platform
 from openami.services.meters import load_targets
+from openami.services.push_process import PushProcess
 from openami.settings import Settings
 
 
@@ -73,6 +74,8 @@ def build_platform(
 def reload_targets(platform: Platform) -> int:
     """Pick up meters imported since start; returns how many the head-end now knows."""
     platform.collector.targets = load_targets(platform.engine, platform.keystore)
+    if isinstance(platform.push_listener, PushProcess):  # it verifies pushes with keys of its own
+        platform.push_listener.reload_targets()
     return len(platform.collector.targets)
 
 

@@ -24,6 +24,7 @@ from openami.services.revenue_engine import RevenueMonitor
 from openami.settings import Settings
 
 if TYPE_CHECKING:
+    from openami.services.push_process import PushProcess
     from openami.services.switch_guard import UncommandedOpeningDetector
     from openami.services.switch_queue import CommandQueue
 
@@ -42,7 +43,7 @@ class Platform:
     collector: Collector
     scheduler: Scheduler
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    push_listener: PushListener | None = None
+    push_listener: PushListener | PushProcess | None = None  # PushProcess with settings.push.process
     events: EventPipeline | None = None
     authority: CommandAuthority | None = None  # the command authority (services.switch.ensure_authority)
     commands: CommandQueue | None = None  # the switch command queue (services.switch.start_queue)

@@ -24,6 +24,7 @@ from openami.headend.push_listener import PushListener
 from openami.security import audit
 from openami.security.policy import authorize, visible_meters
 from openami.services.context import Platform, RequestScope
+from openami.services.push_process import PushProcess, PushProcessError
 
 __all__ = [
     "MAX_LIMIT",
@@ -162,14 +163,19 @@ async def start_pipeline(platform: Platform) -> None:
     await pipeline.start()
     platform.events = pipeline
     collector.events = pipeline
-    if settings.enabled:
-        listener = PushListener(pipeline, settings)
-        try:
-            await listener.start()
-        except OSError as exc:  # e.g. the port is taken: events still arrive from the meters' logs, later
-            _log.error("headend.push.not-listening", host=settings.host, port=settings.port, error=str(exc))
-            return
-        platform.push_listener = listener
+    if not settings.enabled:
+        return
+    listener: PushListener | PushProcess
+    try:
+        if settings.process:  # listener and pipeline in a child process; its events come back on the bus
+            listener = PushProcess(platform.settings, platform.engine, platform.bus)
+        else:
+            listener = PushListener(pipeline, settings)
+        await listener.start()
+    except (OSError, PushProcessError) as exc:  # e.g. the port is taken: events still arrive from the meters' logs
+        _log.error("headend.push.not-listening", host=settings.host, port=settings.port, error=str(exc))
+        return
+    platform.push_listener = listener
 
 
 async def stop_pipeline(platform: Platform) -> None:

@@ -22,6 +22,7 @@ from openami.security.audit import AuditEntry, record
 from openami.security.policy import Resource, authorize, visible_meters
 from openami.services.context import Platform, RequestScope
 from openami.services.outage import OutageEngine, changed
+from openami.services.push_process import PushProcess
 from openami.services.webhooks import WebhookDispatcher
 
 __all__ = [
@@ -56,8 +57,10 @@ async def start(platform: Platform) -> None:
 
 
 def _queued(platform: Platform) -> int:
-    """Notifications waiting in the event pipeline (restoration verification waits for them)."""
-    return 0 if platform.events is None else platform.events.queued
+    """Notifications waiting in the event pipeline, and in the push process's if there is one
+    (restoration verification waits for them)."""
+    own = 0 if platform.events is None else platform.events.queued
+    return own + (platform.push_listener.queued if isinstance(platform.push_listener, PushProcess) else 0)
 
 
 async def stop(platform: Platform) -> None:
