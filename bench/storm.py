@@ -409,6 +409,7 @@ def main() -> None:
     parser.add_argument(
         "--push-process", action="store_true", help="the push listener and pipeline in a process of their own"
     )
+    parser.add_argument("--push-batch", type=int, default=PushSettings().batch_size, help="pushes stored a transaction")
     parser.add_argument("--push-transport", choices=PUSH_TRANSPORTS, default="udp", help="how the meters push")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -426,7 +427,7 @@ def main() -> None:
             tmp,
             url,
             collection=CollectionSettings(catch_up_days=1, retries=0, timeout_s=5),
-            push=PushSettings(port=0, process=args.push_process),
+            push=PushSettings(port=0, process=args.push_process, batch_size=args.push_batch),
         )
         engine = create_engine(url)
         upgrade(engine)
