@@ -407,7 +407,10 @@ def main() -> None:
         help="serve the probe meters from a simulator process of their own, not reniced",
     )
     parser.add_argument(
-        "--push-process", action="store_true", help="the push listener and pipeline in a process of their own"
+        "--push-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the push listener and pipeline in a process of their own (push.process), as for a large fleet",
     )
     parser.add_argument("--push-batch", type=int, default=PushSettings().batch_size, help="pushes stored a transaction")
     parser.add_argument("--push-transport", choices=PUSH_TRANSPORTS, default="udp", help="how the meters push")
