@@ -130,6 +130,7 @@ class PushProcess:
         self._reload_done = 0
         self._reloads = asyncio.Condition()
         self._stopping = False
+        self._sends: set[asyncio.Task[None]] = set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -189,7 +190,9 @@ class PushProcess:
         if self._link is None:
             return
         self._reload_asked += 1
-        asyncio.get_running_loop().create_task(self._link.send(("reload", self._reload_asked)))
+        task = asyncio.get_running_loop().create_task(self._link.send(("reload", self._reload_asked)))
+        self._sends.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._sends.discard)
 
     async def reloaded(self, timeout_s: float = 60.0) -> None:
         """Wait until the child has loaded the targets asked for so far."""
