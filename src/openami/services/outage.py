@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections import OrderedDict
@@ -309,9 +310,8 @@ class OutageEngine:
 
         # an outage a transaction, as a bulk writer like the records: a storm's late gasps in one
         # transaction held commands and on-demand reads up to 0.26 s at SQLite's write lock (~27 ms an outage)
-        items = list(late.items())
-        alone = _ROWS_PER_TRANSACTION  # each item fills a transaction by itself
-        await self._publish(await asyncio.to_thread(self._write_chunked, items, lambda _i: alone, write_one))
+        write = functools.partial(self._write_chunked, list(late.items()), lambda _i: 1, write_one, per_transaction=1)
+        await self._publish(await asyncio.to_thread(write))
 
     # -- deciding a group --------------------------------------------------------------------------------------
 
@@ -493,8 +493,10 @@ class OutageEngine:
         items: Sequence[_T],
         rows_of: Callable[[_T], int],
         write_one: Callable[[Connection, _T], list[tuple[OutageRecord, str]]],
+        *,
+        per_transaction: int = _ROWS_PER_TRANSACTION,
     ) -> list[tuple[OutageRecord, str]]:
-        """Write ``items`` in transactions of about ``_ROWS_PER_TRANSACTION`` affected meters: each item
+        """Write ``items`` in transactions of about ``per_transaction`` affected meters: each item
         (an outage and its meters) is whole in one transaction, and a storm's thousands of outages
         never hold the database's write lock for long while a switch command or an on-demand read
         waits for it. As a bulk writer (``db.engine.bulk_writes``): at SQLite's write lock commands and
@@ -504,7 +506,7 @@ class OutageEngine:
         start = 0
         while start < len(items):
             end, rows = start, 0
-            while end < len(items) and (end == start or rows + rows_of(items[end]) <= _ROWS_PER_TRANSACTION):
+            while end < len(items) and (end == start or rows + rows_of(items[end]) <= per_transaction):
                 rows += rows_of(items[end])
                 end += 1
             with bulk_writes(), self._engine.begin() as conn:

@@ -46,6 +46,7 @@ from openami.db.tables import meter_keys
 from openami.domain.meter_events import MeterEvents
 from openami.headend.events import EventPipeline, PipelineStats
 from openami.headend.push_listener import PushListener
+from openami.headend.reader import MeterTarget
 from openami.security.keystore import master_key_provider
 from openami.services.meters import load_targets
 from openami.settings import Settings
@@ -279,7 +280,7 @@ class _Child:
         self.settings = settings
         self.engine = engine
         self.keystore = master_key_provider(settings)
-        self.targets: dict[int, Any] = {}
+        self.targets: dict[int, MeterTarget] = {}
         self.pipeline: EventPipeline | None = None
         self.listener: PushListener | None = None
         self.fingerprint: tuple[Any, ...] | None = None
