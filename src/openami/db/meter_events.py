@@ -4,10 +4,10 @@
 event of an unknown meter, with a code openami does not know, or with a time stamp that cannot be
 true (too far in the future, before the year 2000 or before the meter was commissioned) is kept in
 ``meter_events_rejected`` with its reason, and the caller is told which (the head-end raises a
-security event for unknown meters). Known events go in with one multi-row ``INSERT … ON CONFLICT DO
-NOTHING … RETURNING`` (SQLAlchemy's insertmanyvalues: batched VALUES lists on both databases), and
-only the rows the database really inserted come back as new, so a push, its retransmission and the
-same event read from the meter's log are published once however they race.
+security event for unknown meters). Known events go in with multi-row INSERTs, de-duplicated in the
+statement (PostgreSQL: ``ON CONFLICT DO NOTHING … RETURNING``) or by a look-up under the write lock
+(SQLite), and only the rows the database really inserted come back as new, so a push, its
+retransmission and the same event read from the meter's log are published once however they race.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -159,30 +158,79 @@ _COLUMNS = ("meter_id", "code", "category", "meter_time", "received_at", "source
 
 
 def _insert_new(conn: Connection, rows: Sequence[EventRow]) -> set[tuple[int, int, int]]:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING the keys really inserted (duplicates return nothing).
+    """Insert those of ``rows`` not stored yet; the keys really inserted (duplicates are not).
 
-    Written as one multi-row statement per ``_INSERT_ROWS`` with the driver's placeholders and plain
+    Written as multi-row statements of ``_INSERT_ROWS`` with the driver's placeholders and plain
     tuples: the ORM's per-row parameter processing was about half of what storing an event cost,
     and a storm's power-ups are stored at tens of thousands a second.
     """
     if not rows:
         return set()
-    row_marks = "(" + ", ".join([_mark(conn)] * len(_COLUMNS)) + ")"
+    chunks = [_event_parameters(rows[i : i + _INSERT_ROWS]) for i in range(0, len(rows), _INSERT_ROWS)]
+    if conn.dialect.name == "sqlite":
+        return _insert_new_sqlite(conn, rows, chunks)
     inserted: set[tuple[int, int, int]] = set()
-    for i in range(0, len(rows), _INSERT_ROWS):
-        chunk = rows[i : i + _INSERT_ROWS]
-        values = ", ".join([row_marks] * len(chunk))  # placeholders only: every value is a parameter
-        sql = (
-            f"INSERT INTO meter_events ({', '.join(_COLUMNS)}) VALUES {values} "  # noqa: S608
-            "ON CONFLICT (meter_id, code, meter_time) DO NOTHING RETURNING meter_id, code, meter_time"
-        )
-        params = tuple(
-            value
-            for r in chunk
-            for value in (r.meter_id, r.code, _CATEGORY[r.code], r.meter_time, r.received_at, r.source, r.value)
-        )
+    for count, params in chunks:  # ON CONFLICT … RETURNING: what another transaction stored meanwhile is skipped
+        sql = f"{_insert_sql(conn, count)} ON CONFLICT (meter_id, code, meter_time) DO NOTHING "
+        sql += "RETURNING meter_id, code, meter_time"
         inserted.update((int(a), int(b), int(c)) for a, b, c in conn.exec_driver_sql(sql, params))
     return inserted
+
+
+def _insert_new_sqlite(
+    conn: Connection, rows: Sequence[EventRow], chunks: Sequence[tuple[int, tuple[Any, ...]]]
+) -> set[tuple[int, int, int]]:
+    """SQLite: take the write lock, look up which keys exist (a few rows at most), insert the rest.
+
+    Not ``RETURNING``: pysqlite steps through returned rows one at a time and gives up the GIL at
+    each step, so a thread storing 2,000 events while another thread decodes pushes waited for the
+    GIL 2,000 times with the database's only write lock held (a storm measured 0.47 s holds, and
+    every command and on-demand read of the platform waited behind them). Holding the write lock
+    from the first statement on, nobody can store one of these keys between the look-up and the
+    insert.
+    """
+    conn.exec_driver_sql("DELETE FROM meter_events WHERE 0")  # begins writing: SQLite's write lock is ours
+    existing = _existing_keys(conn, [row.key for row in rows])
+    if existing:  # rare (a retransmission, a log read overlapping pushes): build the chunks again without them
+        fresh = [row for row in rows if row.key not in existing]
+        chunks = [_event_parameters(fresh[i : i + _INSERT_ROWS]) for i in range(0, len(fresh), _INSERT_ROWS)]
+    for count, params in chunks:
+        conn.exec_driver_sql(_insert_sql(conn, count), params)
+    return {row.key for row in rows} - existing
+
+
+def _existing_keys(conn: Connection, keys: Sequence[tuple[int, int, int]]) -> set[tuple[int, int, int]]:
+    """Which of ``keys`` are stored: a join of a VALUES list with the unique index (SQLite plans the
+    row-value ``IN (VALUES …)`` form as a scan of the whole index)."""
+    found: set[tuple[int, int, int]] = set()
+    mark = _mark(conn)
+    for i in range(0, len(keys), _INSERT_ROWS):
+        chunk = keys[i : i + _INSERT_ROWS]
+        values = ", ".join([f"({mark}, {mark}, {mark})"] * len(chunk))
+        sql = (
+            f"SELECT e.meter_id, e.code, e.meter_time FROM (VALUES {values}) AS k "  # noqa: S608 - placeholders only
+            "CROSS JOIN meter_events AS e "
+            "ON e.meter_id = k.column1 AND e.code = k.column2 AND e.meter_time = k.column3"
+        )
+        params = tuple(value for key in chunk for value in key)
+        found.update((int(a), int(b), int(c)) for a, b, c in conn.exec_driver_sql(sql, params))
+    return found
+
+
+def _event_parameters(chunk: Sequence[EventRow]) -> tuple[int, tuple[Any, ...]]:
+    """How many rows, and their values in column order (built before the write lock is taken)."""
+    params = tuple(
+        value
+        for r in chunk
+        for value in (r.meter_id, r.code, _CATEGORY[r.code], r.meter_time, r.received_at, r.source, r.value)
+    )
+    return len(chunk), params
+
+
+def _insert_sql(conn: Connection, count: int) -> str:
+    row_marks = "(" + ", ".join([_mark(conn)] * len(_COLUMNS)) + ")"
+    values = ", ".join([row_marks] * count)  # placeholders only: every value is a parameter
+    return f"INSERT INTO meter_events ({', '.join(_COLUMNS)}) VALUES {values}"  # noqa: S608
 
 
 def _mark(conn: Connection) -> str:
@@ -289,15 +337,21 @@ def load_push_counters(conn: Connection) -> dict[tuple[int, int], int]:
 
 
 def advance_push_counters(conn: Connection, counters: Mapping[tuple[int, int], int], *, now: float) -> None:
-    """Raise the stored counters to these values (never lower them: batches may commit out of order)."""
-    if not counters:
-        return
-    rows = [{"meter_id": m, "key_version": v, "last_counter": c, "updated_at": now} for (m, v), c in counters.items()]
-    insert: Any = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(t.push_counters)
-    stored = t.push_counters.c.last_counter
-    higher = sa.case((insert.excluded.last_counter > stored, insert.excluded.last_counter), else_=stored)
-    stmt = insert.on_conflict_do_update(
-        index_elements=["meter_id", "key_version"],
-        set_={"last_counter": higher, "updated_at": insert.excluded.updated_at},
-    )
-    conn.execute(stmt, rows)
+    """Raise the stored counters to these values (never lower them: batches may commit out of order).
+
+    Multi-row upserts with plain parameters: an ``executemany`` goes to SQLite a row at a time, each
+    step giving up the GIL with the write lock held (see ``_insert_new_sqlite``).
+    """
+    items = sorted(counters.items())
+    mark = _mark(conn)
+    for i in range(0, len(items), _INSERT_ROWS):
+        chunk = items[i : i + _INSERT_ROWS]
+        values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(chunk))
+        sql = (
+            f"INSERT INTO push_counters (meter_id, key_version, last_counter, updated_at) VALUES {values} "  # noqa: S608
+            "ON CONFLICT (meter_id, key_version) DO UPDATE SET last_counter = CASE "
+            "WHEN excluded.last_counter > push_counters.last_counter THEN excluded.last_counter "
+            "ELSE push_counters.last_counter END, updated_at = excluded.updated_at"
+        )
+        params = tuple(value for (meter, version), counter in chunk for value in (meter, version, counter, now))
+        conn.exec_driver_sql(sql, params)

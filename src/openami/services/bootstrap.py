@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 
 from openami.bus import InProcessBus
+from openami.db.checkpoints import WalCheckpointer
 from openami.db.engine import create_engine
 from openami.db.migrations import upgrade
 from openami.headend.collector import Collector, RunSummary
@@ -85,6 +87,8 @@ async def start_platform(platform: Platform) -> None:
     Each capability starts its own part here (command queue, push listener, outage engine, ...) and
     stops it in :func:`stop_platform`, in reverse order.
     """
+    platform.checkpoints = WalCheckpointer(platform.engine)  # SQLite: no writer checkpoints in its commit
+    platform.checkpoints.start()
     await outage_feed.start(platform)  # outage engine and webhooks: subscribed before events flow
     switch_guard.start_detector(platform)  # uncommanded openings -> alarm, ignore mode; before events flow
     await event_services.start_pipeline(platform)  # push listener and event pipeline
@@ -107,4 +111,6 @@ async def stop_platform(platform: Platform) -> None:
     await platform.ingestor.close()
     await platform.bus.close()
     await prepay_services.stop(platform)  # after the bus closed: every stored read was debited
+    if platform.checkpoints is not None:  # a last checkpoint after the last write
+        await asyncio.to_thread(platform.checkpoints.stop)
     platform.engine.dispose()

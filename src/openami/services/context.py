@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from openami.bus.base import Bus
+from openami.db.checkpoints import WalCheckpointer
 from openami.headend.collector import Collector
 from openami.headend.events import EventPipeline
 from openami.headend.push_listener import PushListener
@@ -51,3 +52,4 @@ class Platform:
     revenue: RevenueMonitor | None = None  # revenue protection (services.revenue.start)
     outages: OutageEngine | None = None  # the outage engine (services.outage_feed.start)
     guard: UncommandedOpeningDetector | None = None  # the off-switch guard's detector (services.switch_guard)
+    checkpoints: WalCheckpointer | None = None  # SQLite's log checkpoints, off the writers' commits (start_platform)

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine
 from openami import logging as oam_logging
 from openami.bus.base import Bus, Handler, T, Topic, Unsubscribe
 from openami.bus.topics import METER_EVENTS
+from openami.db.checkpoints import WalCheckpointer
 from openami.db.engine import create_engine
 from openami.db.tables import meter_keys
 from openami.domain.meter_events import MeterEvents
@@ -366,9 +367,12 @@ async def _child_main(fd: int) -> None:
     _, settings, url, level = message
     oam_logging.configure(level=level)
     engine = create_engine(url)
+    checkpoints = WalCheckpointer(engine)  # as the platform's: commits of event batches never checkpoint
+    checkpoints.start()
     try:
         await _Child(link, settings, engine).run()
     finally:
+        checkpoints.stop()
         engine.dispose()
         link.close()
 
