@@ -197,6 +197,11 @@ def _first_gasp(platform: Platform, since: float) -> float | None:
     return None if found is None else float(found)
 
 
+def _list_outages(platform: Platform) -> list[outage_repo.OutageRecord]:
+    with platform.engine.connect() as conn:
+        return outage_repo.list_outages(conn, limit=1_000_000)
+
+
 def _open_feeders(platform: Platform) -> tuple[set[str], int]:
     """The feeders among the open top-level outages (nested ones hang below), and how many are open.
 
@@ -268,6 +273,8 @@ async def _storm(
     serials = [m.serial for m in fleet.meters]
     fail_params = {"last_gasp_share": args.last_gasp_share, "seed": 11}
     gasps = sum(1 for i in failing if last_gasp_chosen(serials[i], fail_params))
+    restore_params = {"restore_share": args.restore_share, "seed": 12}
+    dark = {ids[serials[i]] for i in failing if not restore_chosen(serials[i], restore_params)}  # before the probes
     console.print(f"storm: {len(feeders)} feeders, {len(failing)} meters, {gasps} last gasps over {args.spread_s} s")
     reads: list[float] = []
     commands: list[float] = []
@@ -286,9 +293,8 @@ async def _storm(
     prober = asyncio.create_task(probes.run(reads, commands, stop=storm_over.is_set))
     await _fail_feeders(handle, failing, fail_params, args.spread_s)
     await locator
-    first = _first_gasp(platform, storm_started)
-    with platform.engine.connect() as conn:
-        opened = outage_repo.list_outages(conn, limit=1_000_000)
+    first = await asyncio.to_thread(_first_gasp, platform, storm_started)  # the bench's own reads: off the loop
+    opened = await asyncio.to_thread(_list_outages, platform)
     kinds: dict[str, int] = {}
     for o in opened:
         nested = "nested" if o.parent_id is not None else "top"
@@ -301,8 +307,6 @@ async def _storm(
         "last_gasps_sent": gasps,
         "located_s": None if located[0] is None or first is None else round(located[0] - first, 2),
     }
-    restore_params = {"restore_share": args.restore_share, "seed": 12}
-    dark = {ids[serials[i]] for i in failing if not restore_chosen(serials[i], restore_params)}
     console.print(f"restoration: {len(failing) - len(dark)} meters back, {len(dark)} left dark")
     await asyncio.to_thread(handle.control, "push-randomisation", failing, seconds=max(0, round(args.spread_s)))
     restore_started = time.time()

@@ -48,6 +48,7 @@ from openami.domain.meter_events import MeterEvents
 from openami.headend.events import EventPipeline, PipelineStats
 from openami.headend.push_listener import PushListener
 from openami.headend.reader import MeterTarget
+from openami.runtime import switch_threads_often, tune_gc
 from openami.security.keystore import master_key_provider
 from openami.services.meters import load_targets
 from openami.settings import Settings
@@ -308,6 +309,7 @@ class _Child:
 
     async def reload(self) -> None:
         await asyncio.to_thread(self._load)
+        tune_gc()  # the new targets are long-lived: frozen, so collections do not walk 100,000 of them
 
     async def watch_keys(self) -> None:
         while True:
@@ -378,7 +380,7 @@ async def _child_main(fd: int) -> None:
 
 
 def main() -> None:
-    sys.setswitchinterval(0.001)  # as the platform's loop runner (openami.cli.loop): worker threads get the GIL soon
+    switch_threads_often()  # as the platform's loop runner (openami.cli.loop)
     try:
         import uvloop  # noqa: PLC0415 - optional: not on Windows
     except ImportError:
