@@ -477,6 +477,7 @@ def main() -> None:
                     await platform.push_listener.reloaded(timeout_s=300)
                 if platform.outages is not None:
                     platform.outages.reload_grid()
+                loop.tune_gc()  # as `openami run` after its start: targets and grid are long-lived
                 console.print(f"fleet up and imported in {time.perf_counter() - started:.0f} s")
                 return {"meters": args.meters, "db": args.db, "push_transport": args.push_transport,
                         "push_process": args.push_process,

@@ -19,10 +19,12 @@ PostgreSQL row locks) meanwhile, so every other writer waits too. Database work 
 and ingest runs on worker threads; with 1 ms their transactions during a collection are several
 times shorter (switch benchmark: submit p50 1.9 s -> 0.5 s)."""
 
-GC_THRESHOLDS = (50_000, 5, 100)
-"""Young generation collected every 50,000 net allocations (CPython: 700), the middle one every 5 of
-those (CPython: 10; 20 before the storm benchmark showed middle-generation passes of 0.1-0.18 s, the
-loop and any transaction a worker thread held stopped meanwhile), the oldest every 100 of those."""
+GC_THRESHOLDS = (10_000, 10, 100)
+"""Young generation collected every 10,000 net allocations (CPython: 700), the middle one every 10 of
+those, the oldest every 100 of those, and never over what ``tune_gc`` froze. Shorter passes than the
+50,000/20/100 before: in a storm those took 12 ms (young) and 0.1-0.18 s (middle), the loop and any
+transaction a worker thread held stopped meanwhile; with the targets and grid frozen too, a storm
+now sees passes of at most ~0.04 s, and a collection costs the same CPU (docs/benchmarks.md)."""
 
 
 def switch_threads_often() -> None:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from openami import logging as oam_logging
+from openami import runtime
 from openami.cli import loop
 from openami.domain.codes import ChannelCode
 from openami.errors import OpenAmiError
@@ -275,8 +276,10 @@ async def _serve(platform: Platform) -> None:
     except OpenAmiError:
         await stop_platform(platform)
         raise
+    app = create_app(platform)
+    runtime.tune_gc()  # again: the grid, the open outages and the API are long-lived too, frozen with the targets
     config = uvicorn.Config(
-        create_app(platform), host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off",
+        app, host=settings.api.host, port=settings.api.port, log_level="warning", lifespan="off",
         **uvicorn_tls_options(server_tls),
     )  # fmt: skip
     server = uvicorn.Server(config)

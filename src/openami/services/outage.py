@@ -62,7 +62,7 @@ _log = structlog.get_logger("openami.outages")
 Pinger = Callable[[int], Awaitable[bool]]
 _SEEN_MAX = 200_000  # remembered event identities for de-duplication
 _RELOAD_AFTER_S = 30.0  # a gasp from a meter outside the loaded grid reloads it, at most this often
-_ROWS_PER_TRANSACTION = 1_000  # affected meters written per transaction (see _write_chunked)
+_ROWS_PER_TRANSACTION = 400  # affected meters written per transaction (see _write_chunked): ~a feeder, ~20 ms
 _T = TypeVar("_T")
 _BACKLOG_WAIT_MAX_S = 60.0  # verification waits for queued events at most this long past its due time
 
