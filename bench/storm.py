@@ -367,7 +367,8 @@ async def _run(
     commands: list[float] = []
     ends = time.perf_counter() + args.baseline_s
     await probes.run(reads, commands, stop=lambda: time.perf_counter() > ends)
-    result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands)}
+    result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands),
+                              "reads_baseline": len(reads), "commands_baseline": len(commands)}  # fmt: skip
     progress = asyncio.create_task(_report_progress(platform, console))
     drops_before = _udp_receive_drops()
     try:
@@ -398,7 +399,10 @@ def main() -> None:
     parser.add_argument("--spread-s", type=float, default=5.0, help="seconds over which the meters go dark")
     parser.add_argument("--restore-share", type=float, default=0.99, help="share of failed meters that come back")
     parser.add_argument("--probes", type=int, default=40, help="meters for on-demand reads (a quarter: commands)")
-    parser.add_argument("--baseline-s", type=float, default=10.0, help="seconds of probes before the storm")
+    parser.add_argument(
+        "--baseline-s", type=float, default=20.0,
+        help="seconds of probes before the storm (about as many as the storm gets: p99s of samples of one size)",
+    )  # fmt: skip
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up waiting for a stage after this")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument(

@@ -117,33 +117,36 @@ def insert_outage(conn: Connection, outage: NewOutage, meters: Sequence[Affected
     return outage_id
 
 
+_AFFECTED_ROWS = 1000  # rows per multi-row INSERT: 8,000 parameters, inside both databases' limits
 _AFFECTED_COLUMNS = (
     "outage_id", "meter_id", "state", "last_gasp", "premise_id", "critical_care", "restored_at", "restored_by",
 )  # fmt: skip
 
 
 def _insert_affected(conn: Connection, outage_id: int, meters: Sequence[AffectedMeter]) -> None:
-    """The driver's executemany with each column type's own bind conversion: a feeder outage has
-    hundreds of meters and a storm opens hundreds of outages, and the ORM's per-row parameter handling
-    was most of what writing them cost."""
+    """Multi-row INSERTs of ``_AFFECTED_ROWS`` with each column type's own bind conversion: a feeder
+    outage has hundreds of meters and a storm opens hundreds of outages; the ORM's per-row parameter
+    handling was most of what writing them cost, and an ``executemany`` goes to SQLite a row at a
+    time, giving up the GIL at each row with the write lock held (``db.meter_events``)."""
     convert = [om.c[name].type.bind_processor(conn.dialect) for name in _AFFECTED_COLUMNS]
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    marks = ", ".join([mark] * len(convert))  # constant column names and placeholders: values are parameters
-    sql = f"INSERT INTO outage_meters ({', '.join(_AFFECTED_COLUMNS)}) VALUES ({marks})"  # noqa: S608
-    rows = [
-        tuple(
-            value if value is None or process is None else process(value)
-            for process, value in zip(
-                convert,
-                (outage_id, m.meter_id, m.state, m.last_gasp, m.premise_id, m.critical_care, m.restored_at,
-                 m.restored_by),
-                strict=True,
-            )
-        )
+    row_marks = "(" + ", ".join([mark] * len(convert)) + ")"
+    values = [
+        value if value is None or process is None else process(value)
         for m in meters
+        for process, value in zip(
+            convert,
+            (outage_id, m.meter_id, m.state, m.last_gasp, m.premise_id, m.critical_care, m.restored_at,
+             m.restored_by),
+            strict=True,
+        )
     ]  # fmt: skip
-    if rows:
-        conn.exec_driver_sql(sql, rows)
+    width = len(convert)
+    for start in range(0, len(meters), _AFFECTED_ROWS):
+        count = min(_AFFECTED_ROWS, len(meters) - start)
+        # constant column names and placeholders only: every value is a parameter
+        sql = f"INSERT INTO outage_meters ({', '.join(_AFFECTED_COLUMNS)}) VALUES {', '.join([row_marks] * count)}"  # noqa: S608
+        conn.exec_driver_sql(sql, tuple(values[start * width : (start + count) * width]))
 
 
 def get_outage(conn: Connection, outage_id: int) -> OutageRecord:
