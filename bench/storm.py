@@ -400,7 +400,7 @@ def main() -> None:
     parser.add_argument("--restore-share", type=float, default=0.99, help="share of failed meters that come back")
     parser.add_argument("--probes", type=int, default=40, help="meters for on-demand reads (a quarter: commands)")
     parser.add_argument(
-        "--baseline-s", type=float, default=20.0,
+        "--baseline-s", type=float, default=13.0,
         help="seconds of probes before the storm (about as many as the storm gets: p99s of samples of one size)",
     )  # fmt: skip
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up waiting for a stage after this")

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from openami.db import tables as t
@@ -20,15 +20,18 @@ __all__ = [
     "NewOutage",
     "Note",
     "OutageRecord",
+    "PreparedOutage",
     "add_note",
     "affected_meters",
     "change",
     "get_outage",
     "insert_outage",
+    "insert_prepared",
     "list_outages",
     "mark_meters",
     "notes",
     "open_outages",
+    "prepare_outage",
 ]
 
 _CHUNK = 500
@@ -100,8 +103,25 @@ def _record(row: Any) -> OutageRecord:
     return OutageRecord(**values)
 
 
-def insert_outage(conn: Connection, outage: NewOutage, meters: Sequence[AffectedMeter], *, now: datetime) -> int:
-    """Write an outage and its meters; counts (meters, premises, critical care, gasps) from ``meters``."""
+_AFFECTED_ROWS = 1000  # rows per multi-row INSERT: 8,000 parameters, inside both databases' limits
+_AFFECTED_COLUMNS = (
+    "outage_id", "meter_id", "state", "last_gasp", "premise_id", "critical_care", "restored_at", "restored_by",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedOutage:
+    """An outage and its meters as parameters, built before the transaction (``prepare_outage``)."""
+
+    values: dict[str, Any]
+    rows: list[tuple[Any, ...]]  # one per affected meter, every column but outage_id, bind-converted
+
+
+def prepare_outage(
+    dialect: Dialect, outage: NewOutage, meters: Sequence[AffectedMeter], *, now: datetime
+) -> PreparedOutage:
+    """Counts (meters, premises, critical care, gasps) from ``meters``, and their rows: the Python work of
+    writing an outage, done before the write lock is taken (a feeder has hundreds of meters)."""
     premises = {m.premise_id for m in meters if m.premise_id is not None}
     critical = {m.premise_id for m in meters if m.premise_id is not None and m.critical_care}
     values = {
@@ -112,41 +132,44 @@ def insert_outage(conn: Connection, outage: NewOutage, meters: Sequence[Affected
         "critical_care": len(critical), "pings_sent": outage.pings_sent, "pings_answered": outage.pings_answered,
         "still_dark": 0, "version": 1, "updated_at": now,
     }  # fmt: skip
-    outage_id = int(conn.execute(sa.insert(o).values(**values).returning(o.c.id)).scalar_one())
-    _insert_affected(conn, outage_id, meters)
+    convert = [om.c[name].type.bind_processor(dialect) for name in _AFFECTED_COLUMNS[1:]]
+    rows = [
+        tuple(
+            value if value is None or process is None else process(value)
+            for process, value in zip(
+                convert,
+                (m.meter_id, m.state, m.last_gasp, m.premise_id, m.critical_care, m.restored_at, m.restored_by),
+                strict=True,
+            )
+        )
+        for m in meters
+    ]  # fmt: skip
+    return PreparedOutage(values, rows)
+
+
+def insert_outage(conn: Connection, outage: NewOutage, meters: Sequence[AffectedMeter], *, now: datetime) -> int:
+    """Write an outage and its meters; counts (meters, premises, critical care, gasps) from ``meters``."""
+    return insert_prepared(conn, prepare_outage(conn.dialect, outage, meters, now=now))
+
+
+def insert_prepared(conn: Connection, prepared: PreparedOutage) -> int:
+    """Write a prepared outage and its meters; returns its id."""
+    outage_id = int(conn.execute(sa.insert(o).values(**prepared.values).returning(o.c.id)).scalar_one())
+    _insert_affected(conn, outage_id, prepared.rows)
     return outage_id
 
 
-_AFFECTED_ROWS = 1000  # rows per multi-row INSERT: 8,000 parameters, inside both databases' limits
-_AFFECTED_COLUMNS = (
-    "outage_id", "meter_id", "state", "last_gasp", "premise_id", "critical_care", "restored_at", "restored_by",
-)  # fmt: skip
-
-
-def _insert_affected(conn: Connection, outage_id: int, meters: Sequence[AffectedMeter]) -> None:
-    """Multi-row INSERTs of ``_AFFECTED_ROWS`` with each column type's own bind conversion: a feeder
-    outage has hundreds of meters and a storm opens hundreds of outages; the ORM's per-row parameter
-    handling was most of what writing them cost, and an ``executemany`` goes to SQLite a row at a
-    time, giving up the GIL at each row with the write lock held (``db.meter_events``)."""
-    convert = [om.c[name].type.bind_processor(conn.dialect) for name in _AFFECTED_COLUMNS]
+def _insert_affected(conn: Connection, outage_id: int, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Multi-row INSERTs of ``_AFFECTED_ROWS``: a feeder outage has hundreds of meters and a storm opens
+    hundreds of outages, and an ``executemany`` goes to SQLite a row at a time, giving up the GIL at
+    each row with the write lock held (``db.meter_events``)."""
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    row_marks = "(" + ", ".join([mark] * len(convert)) + ")"
-    values = [
-        value if value is None or process is None else process(value)
-        for m in meters
-        for process, value in zip(
-            convert,
-            (outage_id, m.meter_id, m.state, m.last_gasp, m.premise_id, m.critical_care, m.restored_at,
-             m.restored_by),
-            strict=True,
-        )
-    ]  # fmt: skip
-    width = len(convert)
-    for start in range(0, len(meters), _AFFECTED_ROWS):
-        count = min(_AFFECTED_ROWS, len(meters) - start)
+    row_marks = "(" + ", ".join([mark] * len(_AFFECTED_COLUMNS)) + ")"
+    for start in range(0, len(rows), _AFFECTED_ROWS):
+        chunk = rows[start : start + _AFFECTED_ROWS]
         # constant column names and placeholders only: every value is a parameter
-        sql = f"INSERT INTO outage_meters ({', '.join(_AFFECTED_COLUMNS)}) VALUES {', '.join([row_marks] * count)}"  # noqa: S608
-        conn.exec_driver_sql(sql, tuple(values[start * width : (start + count) * width]))
+        sql = f"INSERT INTO outage_meters ({', '.join(_AFFECTED_COLUMNS)}) VALUES {', '.join([row_marks] * len(chunk))}"  # noqa: S608
+        conn.exec_driver_sql(sql, tuple(value for row in chunk for value in (outage_id, *row)))
 
 
 def get_outage(conn: Connection, outage_id: int) -> OutageRecord:

@@ -62,7 +62,7 @@ _log = structlog.get_logger("openami.outages")
 Pinger = Callable[[int], Awaitable[bool]]
 _SEEN_MAX = 200_000  # remembered event identities for de-duplication
 _RELOAD_AFTER_S = 30.0  # a gasp from a meter outside the loaded grid reloads it, at most this often
-_ROWS_PER_TRANSACTION = 400  # affected meters written per transaction (see _write_chunked): ~a feeder, ~20 ms
+_ROWS_PER_TRANSACTION = 1_000  # affected meters written per transaction (see _write_chunked)
 _T = TypeVar("_T")
 _BACKLOG_WAIT_MAX_S = 60.0  # verification waits for queued events at most this long past its due time
 
@@ -407,19 +407,19 @@ class OutageEngine:
         below = self._open_below()
         opening = [s for s in confirmed if not any(m in alive for m in self._meters_of(s))]  # else a ping answered
 
-        def write_momentary(conn: Connection, suspect: Suspect) -> list[tuple[OutageRecord, str]]:
-            return [(self._insert(conn, suspect, gasps, back, OutageState.MOMENTARY, (0, 0)), "momentary")]
+        def write_momentary(conn: Connection, prepared: repo.PreparedOutage) -> list[tuple[OutageRecord, str]]:
+            return [(repo.get_outage(conn, repo.insert_prepared(conn, prepared)), "momentary")]
 
-        def write_open(conn: Connection, suspect: Suspect) -> list[tuple[OutageRecord, str]]:
-            record = self._insert(conn, suspect, gasps, set(), OutageState.OPEN, (pings[0], pings[1]))
+        def write_open(conn: Connection, prepared: repo.PreparedOutage) -> list[tuple[OutageRecord, str]]:
+            record = repo.get_outage(conn, repo.insert_prepared(conn, prepared))
             return [(record, "opened"), *self._adopt(conn, record, below)]
 
         def write() -> list[tuple[OutageRecord, str]]:
-            return self._write_chunked(
-                [(s, write_momentary) for s in momentary] + [(s, write_open) for s in opening],
-                lambda item: len(self._meters_of(item[0])),
-                lambda conn, item: item[1](conn, item[0]),
-            )
+            # the rows are built first: inside the transactions only the database's work holds the write lock
+            items = [
+                (self._prepare(s, gasps, back, OutageState.MOMENTARY, (0, 0)), write_momentary) for s in momentary
+            ] + [(self._prepare(s, gasps, set(), OutageState.OPEN, (pings[0], pings[1])), write_open) for s in opening]
+            return self._write_chunked(items, lambda item: len(item[0].rows), lambda conn, item: item[1](conn, item[0]))
 
         results = await asyncio.to_thread(write)
         for record, change in results:
@@ -429,15 +429,14 @@ class OutageEngine:
                 _log.info("outages.opened", outage_id=record.id, device=f"{record.device_kind}:{record.device_id}")
         await self._publish(results)
 
-    def _insert(
+    def _prepare(
         self,
-        conn: Connection,
         suspect: Suspect,
         gasps: dict[int, int],
         back: set[int],
         state: OutageState,
         pings: tuple[int, int],
-    ) -> OutageRecord:
+    ) -> repo.PreparedOutage:
         meters = self._meters_of(suspect)
         times = [gasps[m] for m in meters if m in gasps]
         started = datetime.fromtimestamp(min(times), UTC) if times else self._now()
@@ -455,7 +454,7 @@ class OutageEngine:
             suspect.kind, suspect.id, area, state, started, "last-gasps", restored_at=restored_at,
             pings_sent=pings[0], pings_answered=pings[1],
         )  # fmt: skip
-        return repo.get_outage(conn, repo.insert_outage(conn, outage, affected, now=self._now()))
+        return repo.prepare_outage(self._engine.dialect, outage, affected, now=self._now())
 
     def _affected(self, meter: int, gasped: bool, back: bool) -> AffectedMeter:
         place = self._places.get(meter)
