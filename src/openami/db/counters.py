@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from openami.db.engine import placeholder
 from openami.db.tables import UtcDateTime
 from openami.db.tables import invocation_counters as ic
 
@@ -39,23 +40,22 @@ __all__ = [
     "switch_key_version",
 ]
 
-_ADVANCE = sa.text("""
-INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at)
-VALUES (:meter_id, COALESCE(:client, 0), :server, :now)
-ON CONFLICT (meter_id) DO UPDATE SET
+_ADVANCE_COLUMNS = "meter_id, client_ic_next, server_ic_last, updated_at"
+_ADVANCE_SET = """ON CONFLICT (meter_id) DO UPDATE SET
   client_ic_next = CASE WHEN excluded.client_ic_next > invocation_counters.client_ic_next
                         THEN excluded.client_ic_next ELSE invocation_counters.client_ic_next END,
   server_ic_last = CASE WHEN invocation_counters.server_ic_last IS NULL
                           OR excluded.server_ic_last > invocation_counters.server_ic_last
                         THEN COALESCE(excluded.server_ic_last, invocation_counters.server_ic_last)
                         ELSE invocation_counters.server_ic_last END,
-  updated_at = excluded.updated_at
-""").bindparams(sa.bindparam("now", type_=UtcDateTime()))
+  updated_at = excluded.updated_at"""
+_ADVANCE = sa.text(  # constant fragments only
+    f"INSERT INTO invocation_counters ({_ADVANCE_COLUMNS}) VALUES (:meter_id, COALESCE(:client, 0), :server, :now) "  # noqa: S608
+    + _ADVANCE_SET
+).bindparams(sa.bindparam("now", type_=UtcDateTime()))
 
-_ADVANCE_FOR_KEY = sa.text("""
-INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at, key_version)
-VALUES (:meter_id, COALESCE(:client, 0), :server, :now, :key_version)
-ON CONFLICT (meter_id) DO UPDATE SET
+_ADVANCE_FOR_KEY_COLUMNS = "meter_id, client_ic_next, server_ic_last, updated_at, key_version"
+_ADVANCE_FOR_KEY_SET = """ON CONFLICT (meter_id) DO UPDATE SET
   client_ic_next = CASE WHEN excluded.client_ic_next > invocation_counters.client_ic_next
                         THEN excluded.client_ic_next ELSE invocation_counters.client_ic_next END,
   server_ic_last = CASE WHEN excluded.key_version <> invocation_counters.key_version
@@ -64,8 +64,11 @@ ON CONFLICT (meter_id) DO UPDATE SET
                           OR excluded.server_ic_last > invocation_counters.server_ic_last
                         THEN COALESCE(excluded.server_ic_last, invocation_counters.server_ic_last)
                         ELSE invocation_counters.server_ic_last END,
-  updated_at = excluded.updated_at
-""").bindparams(sa.bindparam("now", type_=UtcDateTime()))
+  updated_at = excluded.updated_at"""
+_ADVANCE_FOR_KEY = sa.text(  # constant fragments only
+    f"INSERT INTO invocation_counters ({_ADVANCE_FOR_KEY_COLUMNS}) "  # noqa: S608
+    "VALUES (:meter_id, COALESCE(:client, 0), :server, :now, :key_version) " + _ADVANCE_FOR_KEY_SET
+).bindparams(sa.bindparam("now", type_=UtcDateTime()))
 
 _SWITCH = sa.text("""
 INSERT INTO invocation_counters (meter_id, client_ic_next, server_ic_last, updated_at, key_version)
@@ -151,18 +154,55 @@ def advance(
 def advance_many(
     conn: Connection, rows: Sequence[tuple[int, int | None, int | None, int | None]], *, now: datetime
 ) -> None:
-    """``advance`` for many meters in two executemany statements: rows are (meter_id, client_ic_next,
-    server_ic_last, key_version or None), with the same never-backwards rule as ``advance``."""
-    plain = [{"meter_id": m, "client": c, "server": sv, "now": now} for m, c, sv, k in rows if k is None]
-    keyed = [
-        {"meter_id": m, "client": c, "server": sv, "now": now, "key_version": k}
-        for m, c, sv, k in rows
-        if k is not None
-    ]
-    if plain:
-        conn.execute(_ADVANCE, plain)
-    if keyed:
-        conn.execute(_ADVANCE_FOR_KEY, keyed)
+    """``advance`` for many meters: rows are (meter_id, client_ic_next, server_ic_last, key_version or
+    None), with the same never-backwards rule as ``advance``; rows without a key version first.
+
+    Multi-row upserts, not ``executemany``: that goes to SQLite a row at a time, each step giving up
+    the GIL with the write lock held (``db.meter_events``). A meter appears once per statement
+    (PostgreSQL refuses to update a row twice in one): its later rows go in later statements, in order.
+    """
+    stamp = _bind_now(conn, now)
+    plain = [(m, c, sv, stamp) for m, c, sv, k in rows if k is None]
+    keyed = [(m, c, sv, stamp, k) for m, c, sv, k in rows if k is not None]
+    for values in _rounds(plain):
+        _upsert(conn, _ADVANCE_COLUMNS, "COALESCE({m}, 0)", _ADVANCE_SET, values)
+    for values in _rounds(keyed):
+        _upsert(conn, _ADVANCE_FOR_KEY_COLUMNS, "COALESCE({m}, 0)", _ADVANCE_FOR_KEY_SET, values)
+
+
+_UPSERT_ROWS = 500  # rows per multi-row statement (2,500 parameters at most)
+
+
+def _rounds(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+    """``rows`` split so that each meter (the first value) is in a round at most once, order kept."""
+    rounds: list[list[tuple[Any, ...]]] = []
+    seen: dict[int, int] = {}
+    for row in rows:
+        n = seen.get(row[0], 0)
+        seen[row[0]] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(row)
+    return rounds
+
+
+def _upsert(conn: Connection, columns: str, client: str, conflict: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` into ``columns`` (the second one wrapped as ``client``) with the ``conflict`` clause."""
+    mark = placeholder(conn)
+    width = len(columns.split(","))
+    marks = [mark] * width
+    marks[1] = client.format(m=mark)
+    row_marks = "(" + ", ".join(marks) + ")"
+    for i in range(0, len(rows), _UPSERT_ROWS):
+        chunk = rows[i : i + _UPSERT_ROWS]
+        # constant column lists, clauses and placeholders only: every value is a parameter
+        sql = f"INSERT INTO invocation_counters ({columns}) VALUES {', '.join([row_marks] * len(chunk))} {conflict}"  # noqa: S608
+        conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+
+
+def _bind_now(conn: Connection, now: datetime) -> Any:
+    process = UtcDateTime().bind_processor(conn.dialect)
+    return now if process is None else process(now)
 
 
 def reserve_client_ics_many(
@@ -177,8 +217,17 @@ def reserve_client_ics_many(
         raise ValueError("count must be at least 1")
     reserved: dict[int, tuple[int, Counters, int]] = {}
     ordered = sorted(set(meter_ids))
-    if ordered:
-        conn.execute(_ENSURE, [{"meter_id": m, "now": now} for m in ordered])
+    if ordered:  # a row for every meter (multi-row, as advance_many)
+        stamp = _bind_now(conn, now)
+        mark = placeholder(conn)
+        for i in range(0, len(ordered), _UPSERT_ROWS):
+            chunk = ordered[i : i + _UPSERT_ROWS]
+            values = ", ".join([f"({mark}, 0, NULL, {mark})"] * len(chunk))
+            conn.exec_driver_sql(
+                f"INSERT INTO invocation_counters ({_ADVANCE_COLUMNS}) VALUES {values} "  # noqa: S608 - placeholders only
+                "ON CONFLICT (meter_id) DO NOTHING",
+                tuple(value for m in chunk for value in (m, stamp)),
+            )
     for i in range(0, len(ordered), 500):
         chunk = ordered[i : i + 500]
         conn.execute(

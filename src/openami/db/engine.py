@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from openami.db._sqlite_gate import GatedConnection, bulk_writes
 from openami.errors import InvalidInput, StorageUnavailable
 
-__all__ = ["bulk_writes", "connect_check", "create_engine", "dialect_name", "is_postgres", "safe_url"]
+__all__ = ["bulk_writes", "connect_check", "create_engine", "dialect_name", "is_postgres", "placeholder", "safe_url"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_CACHE_KIB = 65_536
@@ -113,3 +113,8 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB:d}")
     finally:
         cursor.close()
+
+
+def placeholder(conn: Connection) -> str:
+    """The driver's parameter marker for hand-written multi-row statements (psycopg: format; sqlite3: qmark)."""
+    return "%s" if conn.dialect.name == "postgresql" else "?"

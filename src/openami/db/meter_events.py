@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from openami.db import tables as t
+from openami.db.engine import placeholder
 from openami.domain.meter_events import EventCategory, EventCode, category_of
 
 __all__ = [
@@ -203,7 +204,7 @@ def _existing_keys(conn: Connection, keys: Sequence[tuple[int, int, int]]) -> se
     """Which of ``keys`` are stored: a join of a VALUES list with the unique index (SQLite plans the
     row-value ``IN (VALUES …)`` form as a scan of the whole index)."""
     found: set[tuple[int, int, int]] = set()
-    mark = _mark(conn)
+    mark = placeholder(conn)
     for i in range(0, len(keys), _INSERT_ROWS):
         chunk = keys[i : i + _INSERT_ROWS]
         values = ", ".join([f"({mark}, {mark}, {mark})"] * len(chunk))
@@ -228,14 +229,9 @@ def _event_parameters(chunk: Sequence[EventRow]) -> tuple[int, tuple[Any, ...]]:
 
 
 def _insert_sql(conn: Connection, count: int) -> str:
-    row_marks = "(" + ", ".join([_mark(conn)] * len(_COLUMNS)) + ")"
+    row_marks = "(" + ", ".join([placeholder(conn)] * len(_COLUMNS)) + ")"
     values = ", ".join([row_marks] * count)  # placeholders only: every value is a parameter
     return f"INSERT INTO meter_events ({', '.join(_COLUMNS)}) VALUES {values}"  # noqa: S608
-
-
-def _mark(conn: Connection) -> str:
-    """The driver's placeholder (psycopg: format style; sqlite3: qmark)."""
-    return "%s" if conn.dialect.name == "postgresql" else "?"
 
 
 def _insert_rejected(conn: Connection, rejected: Sequence[Rejected]) -> None:
@@ -343,7 +339,7 @@ def advance_push_counters(conn: Connection, counters: Mapping[tuple[int, int], i
     step giving up the GIL with the write lock held (see ``_insert_new_sqlite``).
     """
     items = sorted(counters.items())
-    mark = _mark(conn)
+    mark = placeholder(conn)
     for i in range(0, len(items), _INSERT_ROWS):
         chunk = items[i : i + _INSERT_ROWS]
         values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(chunk))

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from openami.db import tables as t
+from openami.db.engine import placeholder
 from openami.domain.outages import DeviceKind, OutageState
 from openami.errors import NotFound
 
@@ -163,8 +164,7 @@ def _insert_affected(conn: Connection, outage_id: int, rows: Sequence[tuple[Any,
     """Multi-row INSERTs of ``_AFFECTED_ROWS``: a feeder outage has hundreds of meters and a storm opens
     hundreds of outages, and an ``executemany`` goes to SQLite a row at a time, giving up the GIL at
     each row with the write lock held (``db.meter_events``)."""
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    row_marks = "(" + ", ".join([mark] * len(_AFFECTED_COLUMNS)) + ")"
+    row_marks = "(" + ", ".join([placeholder(conn)] * len(_AFFECTED_COLUMNS)) + ")"
     for start in range(0, len(rows), _AFFECTED_ROWS):
         chunk = rows[start : start + _AFFECTED_ROWS]
         # constant column names and placeholders only: every value is a parameter

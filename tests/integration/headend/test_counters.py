@@ -123,3 +123,27 @@ async def test_a_block_reserved_ahead_is_current_until_a_counter_operation_on_it
     assert first >= block.client_ic_next + CLIENT_IC_BLOCK  # blocks never overlap
     assert server == 9
     await store.close()
+
+
+def test_advance_many_applies_a_meters_rows_in_order_and_never_backwards(engine: Engine, meter_ids: list[int]) -> None:
+    """One call with the same meter several times (PostgreSQL updates a row once per statement)."""
+    a, b, c = meter_ids[:3]
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        counter_repo.switch_key_version(conn, c, 2, server_ic_last=None, now=now)
+        counter_repo.advance_many(
+            conn,
+            [
+                (a, 10, 5, None),
+                (b, 7, None, None),
+                (a, 20, 3, None),  # the client counter goes up, the server's seen counter does not go down
+                (a, 15, 9, None),  # an older client counter loses, a newer server one wins
+                (c, 30, 12, 2),  # the stored key version: counted
+                (c, 40, 99, 1),  # a retired key version's server counter is not this key's
+            ],
+            now=now,
+        )
+    with engine.connect() as conn:
+        assert counter_repo.get(conn, a) == counter_repo.Counters(20, 9)
+        assert counter_repo.get(conn, b) == counter_repo.Counters(7, None)
+        assert counter_repo.get_for_key(conn, c) == (counter_repo.Counters(40, 12), 2)
