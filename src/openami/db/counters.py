@@ -165,9 +165,11 @@ def advance_many(
     plain = [(m, c, sv, stamp) for m, c, sv, k in rows if k is None]
     keyed = [(m, c, sv, stamp, k) for m, c, sv, k in rows if k is not None]
     for values in _rounds(plain):
-        _upsert(conn, _ADVANCE_COLUMNS, "COALESCE({m}, 0)", _ADVANCE_SET, values)
+        _insert_rows(conn, _ADVANCE_COLUMNS, "({m}, COALESCE({m}, 0), {m}, {m})", _ADVANCE_SET, values)
     for values in _rounds(keyed):
-        _upsert(conn, _ADVANCE_FOR_KEY_COLUMNS, "COALESCE({m}, 0)", _ADVANCE_FOR_KEY_SET, values)
+        _insert_rows(
+            conn, _ADVANCE_FOR_KEY_COLUMNS, "({m}, COALESCE({m}, 0), {m}, {m}, {m})", _ADVANCE_FOR_KEY_SET, values
+        )
 
 
 _UPSERT_ROWS = 500  # rows per multi-row statement (2,500 parameters at most)
@@ -186,18 +188,14 @@ def _rounds(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
     return rounds
 
 
-def _upsert(conn: Connection, columns: str, client: str, conflict: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """INSERT ``rows`` into ``columns`` (the second one wrapped as ``client``) with the ``conflict`` clause."""
-    mark = placeholder(conn)
-    width = len(columns.split(","))
-    marks = [mark] * width
-    marks[1] = client.format(m=mark)
-    row_marks = "(" + ", ".join(marks) + ")"
+def _insert_rows(conn: Connection, columns: str, row: str, conflict: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` into ``columns``, each as the ``row`` template (``{m}``: a parameter), then ``conflict``."""
+    row_marks = row.format(m=placeholder(conn))
     for i in range(0, len(rows), _UPSERT_ROWS):
         chunk = rows[i : i + _UPSERT_ROWS]
-        # constant column lists, clauses and placeholders only: every value is a parameter
+        # constant column lists, templates, clauses and placeholders only: every value is a parameter
         sql = f"INSERT INTO invocation_counters ({columns}) VALUES {', '.join([row_marks] * len(chunk))} {conflict}"  # noqa: S608
-        conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+        conn.exec_driver_sql(sql, tuple(value for values in chunk for value in values))
 
 
 def _bind_now(conn: Connection, now: datetime) -> Any:
@@ -219,15 +217,8 @@ def reserve_client_ics_many(
     ordered = sorted(set(meter_ids))
     if ordered:  # a row for every meter (multi-row, as advance_many)
         stamp = _bind_now(conn, now)
-        mark = placeholder(conn)
-        for i in range(0, len(ordered), _UPSERT_ROWS):
-            chunk = ordered[i : i + _UPSERT_ROWS]
-            values = ", ".join([f"({mark}, 0, NULL, {mark})"] * len(chunk))
-            conn.exec_driver_sql(
-                f"INSERT INTO invocation_counters ({_ADVANCE_COLUMNS}) VALUES {values} "  # noqa: S608 - placeholders only
-                "ON CONFLICT (meter_id) DO NOTHING",
-                tuple(value for m in chunk for value in (m, stamp)),
-            )
+        rows = [(m, stamp) for m in ordered]
+        _insert_rows(conn, _ADVANCE_COLUMNS, "({m}, 0, NULL, {m})", "ON CONFLICT (meter_id) DO NOTHING", rows)
     for i in range(0, len(ordered), 500):
         chunk = ordered[i : i + 500]
         conn.execute(
