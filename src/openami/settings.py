@@ -249,7 +249,8 @@ class OutageSettings(BaseModel):
     """Outage detection and the OMS feed (docs/outages.md).
 
     Last gasps are grouped until ``quiet_s`` pass without a new one, or ``settle_s`` after the first
-    (``storm_settle_s`` once the group holds ``storm_gasps``);
+    (``storm_settle_s`` once the group holds ``storm_gasps``; such a storm's group is inferred every
+    ``storm_check_s`` from ``settle_s`` on, and decided as soon as two inferences name the same devices);
     the inference (``min_delivery``, ``spurious``, ``device_prior``) then names the failed devices, and
     up to ``ping_sample`` meters inside and ``ping_sample`` around each are pinged (``ping_timeout_s``)
     to confirm, at most ``confirm_rounds`` times and at most ``ping_budget`` meters a round (the biggest
@@ -265,6 +266,7 @@ class OutageSettings(BaseModel):
     settle_s: float = Field(default=1.5, gt=0.0, le=60.0)
     storm_gasps: int = Field(default=1000, ge=1)
     storm_settle_s: float = Field(default=3.0, gt=0.0, le=60.0)
+    storm_check_s: float = Field(default=0.25, ge=0.0, le=60.0)  # 0: a storm always waits storm_settle_s
     momentary_s: float = Field(default=3.0, ge=0.0, le=300.0)
     min_delivery: float = Field(default=0.3, gt=0.0, le=1.0)
     spurious: float = Field(default=1e-4, gt=0.0, lt=0.5)

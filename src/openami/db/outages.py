@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
@@ -33,14 +33,17 @@ __all__ = [
     "notes",
     "open_outages",
     "prepare_outage",
+    "prepared_record",
 ]
 
 _CHUNK = 500
 o, om = t.outages, t.outage_meters
 
 
-@dataclass(frozen=True, slots=True)
-class AffectedMeter:
+class AffectedMeter(NamedTuple):
+    """One meter of an outage; a tuple in ``outage_meters``' column order (a storm's outages have tens of
+    thousands, built and written in the decision's critical path)."""
+
     meter_id: int
     state: str  # dark, restored, still-dark
     last_gasp: bool
@@ -133,18 +136,12 @@ def prepare_outage(
         "critical_care": len(critical), "pings_sent": outage.pings_sent, "pings_answered": outage.pings_answered,
         "still_dark": 0, "version": 1, "updated_at": now,
     }  # fmt: skip
-    convert = [om.c[name].type.bind_processor(dialect) for name in _AFFECTED_COLUMNS[1:]]
-    rows = [
-        tuple(
-            value if value is None or process is None else process(value)
-            for process, value in zip(
-                convert,
-                (m.meter_id, m.state, m.last_gasp, m.premise_id, m.critical_care, m.restored_at, m.restored_by),
-                strict=True,
-            )
-        )
+    # bools and None go to both drivers as they are; only a time needs the column type's conversion
+    as_time = om.c.restored_at.type.bind_processor(dialect)
+    rows: list[tuple[Any, ...]] = [
+        m if m.restored_at is None or as_time is None else m._replace(restored_at=as_time(m.restored_at))
         for m in meters
-    ]  # fmt: skip
+    ]
     return PreparedOutage(values, rows)
 
 
@@ -158,6 +155,15 @@ def insert_prepared(conn: Connection, prepared: PreparedOutage) -> int:
     outage_id = int(conn.execute(sa.insert(o).values(**prepared.values).returning(o.c.id)).scalar_one())
     _insert_affected(conn, outage_id, prepared.rows)
     return outage_id
+
+
+def prepared_record(prepared: PreparedOutage, outage_id: int) -> OutageRecord:
+    """The record ``insert_prepared`` wrote as ``outage_id``, without reading it back (a storm writes
+    hundreds inside transactions that hold SQLite's only write lock)."""
+    values = dict(prepared.values)
+    values["device_kind"] = DeviceKind(values["device_kind"])
+    values["state"] = OutageState(values["state"])
+    return OutageRecord(id=outage_id, verified_at=None, closed_at=None, closed_by=None, **values)
 
 
 def _insert_affected(conn: Connection, outage_id: int, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -4,7 +4,8 @@ It subscribes to ``METER_EVENTS`` and keeps the grid (``db.topology.load_grid``)
 in memory. The steps (docs/outages.md):
 
 1. **Group.** Last gasps (POWER_DOWN) of meters not already in an open outage wait until ``quiet_s``
-   pass without a new one, or ``settle_s`` after the first.
+   pass without a new one, or ``settle_s`` after the first; a storm's group (``storm_gasps``) up to
+   ``storm_settle_s``, unless two provisional inferences ``storm_check_s`` apart agree before.
 2. **Locate.** ``outage_inference.infer`` names the most likely failed devices.
 3. **Momentary.** A device whose every gasping meter already reported power back (within
    ``momentary_s``) is recorded as a momentary outage, not as an outage.
@@ -35,7 +36,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -125,6 +126,10 @@ class OutageEngine:
         self._pending: dict[int, int] = {}  # meter -> last gasp's meter time, not decided yet
         self._group_first: float | None = None
         self._group_last = 0.0
+        self._provisional: set[Device] | None = None  # a storm group's last provisional inference
+        self._checked_at = 0.0  # loop time of that inference
+        self._observed: dict[int, bool] = {}  # the pending group's early pings: meter -> answered
+        self._early: asyncio.Task[None] | None = None  # those pings, while they run
         self._back: dict[int, int] = {}  # meter -> latest power-up's meter time
         self._late_gasps: dict[int, set[int]] = {}  # outage -> meters whose gasp came after it opened
         self._open: dict[int, _Open] = {}
@@ -136,6 +141,7 @@ class OutageEngine:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Unsubscribe | None = None
         self.decisions = 0  # groups decided (for tests and metrics)
+        self.checks = 0  # provisional inferences of storm groups (for tests and metrics)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -148,10 +154,11 @@ class OutageEngine:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._early):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def reload_grid(self) -> None:
         """The topology changed: reload it before the next decision."""
@@ -261,6 +268,9 @@ class OutageEngine:
         dues = [0.5]
         if self._group_first is not None:
             dues.append(self._group_due() - now)
+            check = self._check_due()
+            if check is not None:
+                dues.append(check - now)
         dues += [self._restore_due(s) - now for s in self._open.values() if s.first_up is not None]
         return max(0.01, min(dues))
 
@@ -273,6 +283,15 @@ class OutageEngine:
         settle = settings.storm_settle_s if len(self._pending) >= settings.storm_gasps else settings.settle_s
         return min(self._group_last + settings.quiet_s, self._group_first + max(settle, settings.settle_s))
 
+    def _check_due(self) -> float | None:
+        """When a storm's group is next inferred provisionally: from ``settle_s`` after its first gasp,
+        every ``storm_check_s``; None for a group that is not a storm."""
+        assert self._group_first is not None
+        settings = self._settings
+        if len(self._pending) < settings.storm_gasps or settings.storm_check_s <= 0:
+            return None
+        return max(self._group_first + settings.settle_s, self._checked_at + settings.storm_check_s)
+
     def _restore_due(self, state: _Open) -> float:
         assert state.first_up is not None
         assert state.last_up is not None
@@ -284,8 +303,12 @@ class OutageEngine:
             await asyncio.to_thread(self._load)
         now = asyncio.get_running_loop().time()
         await self._flush_late_gasps()
-        if self._group_first is not None and now >= self._group_due():
-            await self._decide()
+        if self._group_first is not None:
+            check = self._check_due()
+            if check is not None and now >= min(check, self._group_due()):
+                await self._check_storm(decide=now >= self._group_due())
+            elif now >= self._group_due():
+                await self._decide(dict(self._pending))
         due = [s for s in self._open.values() if s.first_up is not None and now >= self._restore_due(s)]
         if due and self._backlog() > 0:  # power-ups may still wait in the event queue: pinging them wastes time
             due = [s for s in due if now >= self._restore_due(s) + _BACKLOG_WAIT_MAX_S]
@@ -315,26 +338,85 @@ class OutageEngine:
 
     # -- deciding a group --------------------------------------------------------------------------------------
 
-    async def _decide(self) -> None:
-        gasps, self._pending = self._pending, {}
-        self._group_first = None
-        self.decisions += 1
+    async def _check_storm(self, *, decide: bool) -> None:
+        """Infer a storm's group as it stands; when the devices named are those named ``storm_check_s``
+        before, the picture has stopped changing: decide on these gasps now rather than waiting out
+        ``storm_settle_s`` (the gasps still to come join the outages opened, as late gasps). With
+        ``decide`` (the window is over) the decision follows whatever this inference names.
+
+        Devices named by two inferences running are pinged at once, while the group still gathers
+        (``_ping_early``): the decision then finds them confirmed instead of pinging after it."""
+        gasps = dict(self._pending)
+        await self._ensure_grid(gasps)
+        explained = self._explained()
+        dark, alive = self._with_observed(gasps)
+        seen = len(self._observed)
+        suspects = await self._infer(dark, alive, explained)
+        self._checked_at = asyncio.get_running_loop().time()
+        self.checks += 1
+        devices = _devices(suspects)
+        previous, self._provisional = self._provisional, devices
+        if devices == previous or decide:
+            await self._decide(gasps, _Inferred(explained, suspects, seen))
+        elif previous is not None and (self._early is None or self._early.done()):
+            named_twice = [s for s in suspects if (s.kind, s.id) in previous]
+            self._early = asyncio.create_task(self._ping_early(named_twice, dark, alive, explained))
+
+    def _with_observed(self, gasps: dict[int, int]) -> tuple[set[int], set[int]]:
+        """``dark`` and ``alive`` from the gasps and the group's early pings."""
+        answered = {m for m, up in self._observed.items() if up}
+        return set(gasps) | (self._observed.keys() - answered), answered
+
+    async def _ping_early(self, suspects: list[Suspect], dark: set[int], alive: set[int], explained: set[int]) -> None:
+        """Ping samples of ``suspects`` (within the group's ``ping_budget``) into ``_observed``."""
+        pinged = set(self._observed)
+        order = self._samples(suspects, dark, alive, explained, pinged, self._settings.ping_budget - len(pinged))
+        if order:
+            answers = await self._ping_round(order)
+            self._observed.update(zip(order, answers, strict=True))
+
+    async def _ensure_grid(self, gasps: dict[int, int]) -> None:
         if any(m not in self._places for m in gasps) and time.monotonic() - self._loaded_at > _RELOAD_AFTER_S:
             await asyncio.to_thread(self._load)  # meters imported since the grid was loaded
-        explained = {m for m, outages in self._member.items() if outages}
+
+    def _explained(self) -> set[int]:
+        """Meters already in an open outage: dark, but needing no new explanation."""
+        return {m for m, outages in self._member.items() if outages}
+
+    def _take(self, gasps: dict[int, int]) -> None:
+        """``gasps`` leave the pending group; gasps that came while they were inferred form the next."""
+        for meter, meter_time in gasps.items():
+            if self._pending.get(meter) == meter_time:
+                del self._pending[meter]
+        self._group_first = asyncio.get_running_loop().time() if self._pending else None
+        self._provisional = None
+
+    async def _decide(self, gasps: dict[int, int], inferred: _Inferred | None = None) -> None:
+        """Locate, confirm and record the outages behind ``gasps``; ``inferred`` is a provisional
+        inference of exactly these gasps, reused unless early pings answered after it began."""
+        self._take(gasps)
+        self.decisions += 1
+        observed = await self._observations()
+        dark, alive = self._with_observed(gasps)
+        self._observed = {}
+        if inferred is None or inferred.observed != len(observed):
+            await self._ensure_grid(gasps)
+            explained = self._explained()
+            initial = await self._infer(dark, alive, explained)
+        else:
+            explained, initial = inferred.explained, inferred.suspects
         gasped = set(gasps)
         back = {m for m, t in gasps.items() if self._back.get(m, -1) >= t}
-        dark, alive = set(gasps), set[int]()
-        initial = await self._infer(dark, alive, explained)
         confirm = [s for s in initial if not self._all_back(s, gasped, back)]
-        pings = [0, 0]
+        pings = [len(observed), sum(observed.values())]
+        pinged = set(observed)
         for _ in range(self._settings.confirm_rounds):
-            asked = await self._confirm(confirm, dark, alive, explained, pings)
+            asked = await self._confirm(confirm, dark, alive, explained, pings, pinged)
             if not asked:
                 break
             before = _devices(confirm)
-            inferred = await self._infer(dark - back, alive, explained)
-            confirm = [s for s in inferred if not self._all_back(s, gasped, back)]
+            again = await self._infer(dark - back, alive, explained)
+            confirm = [s for s in again if not self._all_back(s, gasped, back)]
             if _devices(confirm) == before:
                 break  # the answers confirmed every suspect: another round would only ask more of the same
         # a device whose gasping meters all came back (by push, or answering a ping) was a momentary outage
@@ -362,38 +444,71 @@ class OutageEngine:
     def _meters_of(self, suspect: Suspect) -> tuple[int, ...]:
         return self.grid.meters((suspect.kind, suspect.id))
 
+    async def _observations(self) -> dict[int, bool]:
+        """The group's early pings, once a round still running has answered (it was asked for the
+        decision's own confirmation; a failed round only means fewer observations)."""
+        early, self._early = self._early, None
+        if early is not None:
+            try:
+                await early
+            except Exception:  # noqa: BLE001 - logged; the decision pings what it still needs itself
+                _log.exception("outages.early_pings.failed")
+        return dict(self._observed)
+
     async def _confirm(
-        self, suspects: list[Suspect], dark: set[int], alive: set[int], explained: set[int], pings: list[int]
+        self,
+        suspects: list[Suspect],
+        dark: set[int],
+        alive: set[int],
+        explained: set[int],
+        pings: list[int],
+        pinged: set[int],
     ) -> bool:
-        """Ping samples inside and around each suspect; adds to ``dark``/``alive``; False if nothing to ask."""
+        """Ping samples inside and around each suspect; adds to ``dark``/``alive``/``pinged``; False if
+        nothing (more) to ask."""
+        budget = self._settings.ping_budget - len(pinged)
+        order = self._samples(suspects, dark, alive, explained, pinged, budget)
+        if not order:
+            return False
+        answers = await self._ping_round(order)
+        for meter, answered in zip(order, answers, strict=True):
+            (alive if answered else dark).add(meter)
+            if answered:
+                dark.discard(meter)
+        pinged.update(order)
+        pings[0] += len(order)
+        pings[1] += sum(answers)
+        return True
+
+    def _samples(
+        self,
+        suspects: list[Suspect],
+        dark: set[int],
+        alive: set[int],
+        explained: set[int],
+        pinged: set[int],
+        budget: int,
+    ) -> list[int]:
+        """Meters to ping: up to ``ping_sample`` inside each suspected device and as many around it (under
+        its parent), counting those of ``pinged`` already there; the biggest devices first, at most
+        about ``budget``."""
         rng = random.Random(len(dark))  # noqa: S311 - sampling, not security
         wanted: set[int] = set()
-        budget = self._settings.ping_budget
         for suspect in sorted(suspects, key=lambda s: (-s.size, -s.dark, s.id)):  # the biggest devices first
             if len(wanted) >= budget:
                 break  # a storm's many small suspects: the rest stand on their last gasps alone
             inside = self._meters_of(suspect)
             if suspect.kind == DeviceKind.METER:
-                wanted.update(m for m in inside if m not in alive)
+                wanted.update(m for m in inside if m not in alive and m not in pinged)
                 continue
             parent = self.grid.parent((suspect.kind, suspect.id))
             own = set(inside)
             around = [m for m in self.grid.meters(parent) if m not in own] if parent else []
             for pool in (inside, around):
                 fresh = [m for m in pool if m not in dark and m not in alive and m not in explained]
-                wanted.update(rng.sample(fresh, min(len(fresh), self._settings.ping_sample)))
-        wanted -= alive
-        if not wanted:
-            return False
-        order = sorted(wanted)
-        answers = await self._ping_round(order)
-        for meter, answered in zip(order, answers, strict=True):
-            (alive if answered else dark).add(meter)
-            if answered:
-                dark.discard(meter)
-        pings[0] += len(order)
-        pings[1] += sum(answers)
-        return True
+                more = self._settings.ping_sample - sum(1 for m in pool if m in pinged)
+                wanted.update(rng.sample(fresh, max(0, min(len(fresh), more))))
+        return sorted(wanted - alive)
 
     async def _record(
         self,
@@ -408,10 +523,10 @@ class OutageEngine:
         opening = [s for s in confirmed if not any(m in alive for m in self._meters_of(s))]  # else a ping answered
 
         def write_momentary(conn: Connection, prepared: repo.PreparedOutage) -> list[tuple[OutageRecord, str]]:
-            return [(repo.get_outage(conn, repo.insert_prepared(conn, prepared)), "momentary")]
+            return [(repo.prepared_record(prepared, repo.insert_prepared(conn, prepared)), "momentary")]
 
         def write_open(conn: Connection, prepared: repo.PreparedOutage) -> list[tuple[OutageRecord, str]]:
-            record = repo.get_outage(conn, repo.insert_prepared(conn, prepared))
+            record = repo.prepared_record(prepared, repo.insert_prepared(conn, prepared))
             return [(record, "opened"), *self._adopt(conn, record, below)]
 
         def write() -> list[tuple[OutageRecord, str]]:
@@ -427,7 +542,18 @@ class OutageEngine:
                 meters = set(self._meters_of(_suspect_of(record)))
                 self._follow(_Open(record.id, (record.device_kind, record.device_id), meters, record.started_at))
                 _log.info("outages.opened", outage_id=record.id, device=f"{record.device_kind}:{record.device_id}")
+        self._pending_to_late()
         await self._publish(results)
+
+    def _pending_to_late(self) -> None:
+        """Gasps that arrived while a decision ran, from meters in the outages it opened, are those
+        outages' late gasps (recorded as such), not a new group to explain."""
+        for meter in [m for m in self._pending if self._member.get(m)]:
+            for outage_id in self._member[meter]:
+                self._late_gasps.setdefault(outage_id, set()).add(meter)
+            del self._pending[meter]
+        if not self._pending:
+            self._group_first = None
 
     def _prepare(
         self,
@@ -447,7 +573,7 @@ class OutageEngine:
         affected = [self._affected(m, m in gasps, m in back) for m in meters]
         if state == OutageState.MOMENTARY:  # the meters that said nothing came back with the others
             affected = [
-                a if a.state != "dark" else replace(a, state="restored", restored_by="inferred") for a in affected
+                a if a.state != "dark" else a._replace(state="restored", restored_by="inferred") for a in affected
             ]
         area = self.grid.area((suspect.kind, suspect.id))
         outage = NewOutage(
@@ -599,6 +725,16 @@ class OutageEngine:
         device = (suspect.kind, suspect.id)
         above = {device, *self.grid.ancestors(device)}
         return any(s.device in above for s in self._open.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Inferred:
+    """A provisional inference of a storm's group: the meters it took as explained, the devices it
+    named, and how many early pings it knew of."""
+
+    explained: set[int]
+    suspects: list[Suspect]
+    observed: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +46,9 @@ class World:
     powered: set[int]
     feed: list[OutageChanged] = field(default_factory=list)
     pinged: list[int] = field(default_factory=list)
+    pinged_undecided: list[int] = field(default_factory=list)  # pinged while no group had been decided yet
     queued: int = 0  # what the engine is told waits in the event pipeline
+    on_ping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run (once) at the next ping
 
     async def events(self, code: EventCode, meters: Iterable[int], meter_time: int | None = None) -> None:
         stamp = int(time.time()) if meter_time is None else meter_time
@@ -76,6 +78,10 @@ async def world(engine: Engine, tmp_path: Path, outage_settings: OutageSettings)
 
     async def pinger(meter: int) -> bool:
         holder[0].pinged.append(meter)
+        if holder[0].engine.decisions == 0:
+            holder[0].pinged_undecided.append(meter)
+        while holder[0].on_ping:
+            await holder[0].on_ping.pop()()
         return meter in powered
 
     outages = OutageEngine(
@@ -238,7 +244,8 @@ async def test_verification_waits_for_queued_events_then_verifies_every_due_outa
     assert sorted(world.pinged) == sorted(meters[-1] for meters in feeders)  # only the silent ones, once each
 
 
-STORMY = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 2.0, "quiet_s": 0.5})  # 0.5: a busy CI
+# quiet_s 0.5: a busy CI; no provisional inferences (storm_check_s 0): the group waits out storm_settle_s
+STORMY = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 2.0, "quiet_s": 0.5, "storm_check_s": 0})
 
 
 @pytest.mark.parametrize(("outage_settings", "groups"), [(FAST, 2), (STORMY, 1)], indirect=["outage_settings"])
@@ -256,6 +263,63 @@ async def test_a_storm_group_waits_for_storm_settle_s_while_its_gasps_still_arri
     # a storm: one group; otherwise the first feeder's gasps are decided before the second's arrive
     assert world.engine.decisions == groups if groups == 1 else world.engine.decisions >= groups
     assert _devices([o for o in _outages(world, "open") if o.parent_id is None]) == feeders
+
+
+# a storm that would wait 20 s (neither quiet_s nor storm_settle_s passes), were it not for the checks
+CHECKED = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 20.0, "quiet_s": 20.0, "storm_check_s": 0.25})
+
+
+@pytest.mark.parametrize("outage_settings", [CHECKED], indirect=True)
+async def test_a_storm_group_is_decided_once_two_provisional_inferences_name_the_same_devices(world: World) -> None:
+    feeders = {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
+    meters = feeder_meters(world.ids, "SS1-F1") + feeder_meters(world.ids, "SS2-F1")
+    world.power_off(meters)
+    started = time.monotonic()
+    await world.events(EventCode.POWER_DOWN, _share(meters, 0.4, 3))
+    await _until(lambda: feeders <= _devices(_outages(world, "open")), "the two feeder outages")
+    # settle_s (0.6 s) and one check later, not the 20 s of the storm's settle window or quiet time
+    assert time.monotonic() - started < CHECKED.quiet_s / 2
+    assert world.engine.decisions == 1
+    assert _devices(_outages(world, "open")) == feeders
+
+
+@pytest.mark.parametrize("outage_settings", [CHECKED.model_copy(update={"storm_check_s": 0.5})], indirect=True)
+async def test_devices_named_by_two_provisional_inferences_are_pinged_before_the_decision_once(world: World) -> None:
+    first, second = feeder_meters(world.ids, "SS1-F1"), feeder_meters(world.ids, "SS2-F1")
+    world.power_off(first + second)
+    await world.events(EventCode.POWER_DOWN, _share(first, 0.4, 3))
+    await _until(lambda: world.engine.checks >= 1, "the first provisional inference")
+    await world.events(EventCode.POWER_DOWN, _share(second, 0.4, 4))  # the next names more: not stable yet
+    feeders = {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
+    await _until(lambda: feeders <= _devices(_outages(world, "open")), "the two feeder outages")
+    assert world.engine.decisions == 1
+    # SS1-F1, named twice running, was pinged while the group still gathered gasps; nobody twice
+    assert world.pinged_undecided
+    assert set(world.pinged_undecided) <= set(first) | set(feeder_meters(world.ids, "SS1-F2"))  # inside, around
+    assert len(world.pinged) == len(set(world.pinged))
+    answered = sum(1 for m in world.pinged if m in world.powered)
+    for outage in _outages(world, "open"):  # the group's pings, early and late, counted once each
+        assert (outage.pings_sent, outage.pings_answered) == (len(world.pinged), answered)
+
+
+async def test_gasps_arriving_while_a_decision_runs_are_recorded_as_its_outages_late_gasps(world: World) -> None:
+    feeder = feeder_meters(world.ids, "SS1-F2")
+    world.power_off(feeder)
+    first = _share(feeder, 0.3, 5)
+    later = [m for m in feeder if m not in first][:4]
+
+    async def gasp_more() -> None:  # while the engine confirms the suspects with pings
+        await world.events(EventCode.POWER_DOWN, later)
+
+    world.on_ping.append(gasp_more)
+    await world.events(EventCode.POWER_DOWN, first)
+    await _until(lambda: _outages(world, "open"), "the feeder outage")
+    (outage,) = _outages(world, "open")
+    await _until(lambda: _outages(world, "open")[0].last_gasps == len(first) + len(later), "the late gasps")
+    with world.platform.engine.connect() as conn:
+        gasped = {m.meter_id for m in repo.affected_meters(conn, outage.id) if m.last_gasp}
+    assert gasped == set(first) | set(later)
+    assert world.engine.decisions == 1  # the late gasps were not a second group to explain
 
 
 async def test_a_transformer_outage_already_open_becomes_the_child_of_its_feeders_outage(world: World) -> None:
