@@ -138,7 +138,9 @@ class PushSettings(BaseModel):
     """The head-end's push listener and event pipeline (docs/events.md).
 
     Notifications wait in a queue of ``queue_size`` for ``workers`` that store up to ``batch_size``
-    at a time; when the queue is full the listener stops reading sockets (backpressure, no loss).
+    at a time (by default one on SQLite, whose single writer gains nothing from a second worker, which
+    only decoded while the first held the write lock and so made it hold longer; two on PostgreSQL);
+    when the queue is full the listener stops reading sockets (backpressure, no loss).
     At most ``max_connections`` connections are served at once; more wait in the kernel's backlog.
     With ``udp`` the listener also takes one notification per UDP datagram on the same port (the Push
     Setup's transport service 1: no connection per push, so a storm costs a fraction of the CPU); a
@@ -158,7 +160,7 @@ class PushSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=4060, ge=0, le=65535)
     queue_size: int = Field(default=50_000, ge=1, le=10_000_000)
-    workers: int = Field(default=2, ge=1, le=64)
+    workers: int | None = Field(default=None, ge=1, le=64)  # None: 1 on SQLite, 2 on PostgreSQL
     batch_size: int = Field(default=500, ge=1, le=100_000)
     max_connections: int = Field(default=1024, ge=1, le=100_000)
     backlog: int = Field(default=4096, ge=1, le=65_535)

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from openami.db import collection as runs_repo
 from openami.db import comm_errors
+from openami.db import counters as counter_repo
 from openami.db import meters as meter_repo
 from openami.db.tables import interval_reading_versions, interval_readings
 from openami.domain.codes import SourceCode
@@ -204,3 +205,21 @@ async def test_on_demand_reads_during_a_collection_never_trip_the_meters_replay_
     with platform.engine.connect() as conn:
         for meter_id in healthy:
             assert not comm_errors.list_comm_errors(conn, meter_id=meter_id)
+
+
+async def test_an_on_demand_read_returns_before_its_counters_are_committed_and_its_meter_waits_for_them(
+    platform: Platform, fleet: FleetHandle
+) -> None:
+    meter_id = sorted(_ids(platform.engine, _healthy_serials(fleet)).values())[0]
+    lock = platform.collector.meter_lock(meter_id)
+    recorded: list[int | None] = []
+    for _ in range(3):
+        assert (await platform.collector.read_on_demand(meter_id, hours=1)).interval_ends
+        assert lock.locked()  # the session's counters are still being committed, behind the meter's lock
+        async with lock:  # as the meter's next session does, this waits for them
+            with platform.engine.connect() as conn:
+                recorded.append(counter_repo.get(conn, meter_id).server_ic_last)
+    assert recorded[0] is not None
+    assert recorded == sorted(set(recorded))  # each session's answer counter, recorded before the next began
+    with platform.engine.connect() as conn:
+        assert not comm_errors.list_comm_errors(conn, meter_id=meter_id)

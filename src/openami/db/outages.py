@@ -190,8 +190,11 @@ def change(conn: Connection, outage_id: int, *, now: datetime, **values: Any) ->
     for key in ("state", "device_kind"):
         if key in values:
             values[key] = str(values[key])
-    conn.execute(sa.update(o).where(o.c.id == outage_id).values(**values, version=o.c.version + 1, updated_at=now))
-    return get_outage(conn, outage_id)
+    query = sa.update(o).where(o.c.id == outage_id).values(**values, version=o.c.version + 1, updated_at=now)
+    row = conn.execute(query.returning(*o.c)).one_or_none()  # one statement: a storm changes hundreds at once
+    if row is None:
+        raise NotFound(f"outage {outage_id} does not exist")
+    return _record(row)
 
 
 def mark_meters(
@@ -213,14 +216,15 @@ def mark_meters(
         conn.execute(query.values(**values))
 
 
-def set_last_gasp(conn: Connection, outage_id: int, meter_ids: Sequence[int]) -> int:
-    """Late last gasps of meters already in the outage; returns the outage's gasp count."""
+def set_last_gasp(conn: Connection, outage_id: int, meter_ids: Sequence[int], *, now: datetime) -> OutageRecord | None:
+    """Late last gasps of meters already in the outage: flagged, and counted in the outage (a new
+    version); None when every one of them was flagged already (nothing changed)."""
     ids = sorted(set(meter_ids))
+    flagged = 0
     for i in range(0, len(ids), _CHUNK):
-        query = sa.update(om).where(om.c.outage_id == outage_id, om.c.meter_id.in_(ids[i : i + _CHUNK]))
-        conn.execute(query.values(last_gasp=True))
-    count = sa.select(sa.func.count()).select_from(om).where(om.c.outage_id == outage_id, om.c.last_gasp)
-    return int(conn.execute(count).scalar_one())
+        where = (om.c.outage_id == outage_id, om.c.meter_id.in_(ids[i : i + _CHUNK]), om.c.last_gasp.is_(False))
+        flagged += conn.execute(sa.update(om).where(*where).values(last_gasp=True)).rowcount
+    return change(conn, outage_id, now=now, last_gasps=o.c.last_gasps + flagged) if flagged else None
 
 
 def _visible(visible: ColumnElement[bool] | None) -> Any:

@@ -182,10 +182,29 @@ class CounterStore:
         commits of their own, written as a bulk writer, so that hundreds of them never make an
         on-demand read or a command wait for their commit.
         """
+        await self.record_soon(
+            meter_id,
+            client_ic_next=client_ic_next,
+            server_ic_last=server_ic_last,
+            key_version=key_version,
+            background=background,
+        )
+
+    def record_soon(
+        self,
+        meter_id: int,
+        *,
+        client_ic_next: int,
+        server_ic_last: int | None,
+        key_version: int | None = None,
+        background: bool = False,
+    ) -> asyncio.Future[None]:
+        """:meth:`record` without waiting: the returned future is done once the counters are committed
+        (``close`` still commits them)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         op = _Record(meter_id, client_ic_next, server_ic_last, future, key_version)
         self._submit(op, self._background if background else self._urgent)
-        await future
+        return future
 
     def _submit(self, op: _Op, lane: _Lane | None = None) -> None:
         lane = lane or self._urgent

@@ -414,3 +414,9 @@ async def test_a_simulated_meter_configured_for_udp_pushes_datagrams_the_listene
     assert rig.listener.accepted == 0  # no TCP connection was opened
     assert sorted((m, c) for m, c, _, _ in _stored(rig.engine)) == [(meter_id, 1), (meter_id, EventCode.VOLTAGE_SWELL)]
     assert meter.pushes.sent == 2
+
+
+def test_the_pipeline_has_one_worker_on_sqlite_two_on_postgresql_unless_told(engine: Engine) -> None:
+    by_database = EventPipeline(engine, InProcessBus(), dict, PushSettings(port=0)).worker_count
+    assert by_database == (1 if engine.dialect.name == "sqlite" else 2)  # SQLite: one writer at a time
+    assert EventPipeline(engine, InProcessBus(), dict, PushSettings(port=0, workers=3)).worker_count == 3
