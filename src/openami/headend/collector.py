@@ -282,7 +282,7 @@ class Collector:
             self._layouts[meter_id] = result.layout
             if result.event_log is not None and self._hand_on_events(meter_id, result):
                 self._event_logs[meter_id] = result.event_log
-            recorded = self.counters.record_soon(
+            recorded = self.counters.record(
                 meter_id,
                 client_ic_next=result.counters.client_ic_next,
                 server_ic_last=result.counters.server_ic_last,

@@ -166,31 +166,7 @@ class CounterStore:
             for meter_id, (first, stored, version) in reserved.items()
         }
 
-    async def record(
-        self,
-        meter_id: int,
-        *,
-        client_ic_next: int,
-        server_ic_last: int | None,
-        key_version: int | None = None,
-        background: bool = False,
-    ) -> None:
-        """Make the counters a session ended with durable; returns once committed.
-
-        ``key_version``: the GUEK version the session used (its server IC is ignored for another one).
-        ``background``: the session is background work (the outage engine's pings): recorded in group
-        commits of their own, written as a bulk writer, so that hundreds of them never make an
-        on-demand read or a command wait for their commit.
-        """
-        await self.record_soon(
-            meter_id,
-            client_ic_next=client_ic_next,
-            server_ic_last=server_ic_last,
-            key_version=key_version,
-            background=background,
-        )
-
-    def record_soon(
+    def record(
         self,
         meter_id: int,
         *,
@@ -199,8 +175,14 @@ class CounterStore:
         key_version: int | None = None,
         background: bool = False,
     ) -> asyncio.Future[None]:
-        """:meth:`record` without waiting: the returned future is done once the counters are committed
-        (``close`` still commits them)."""
+        """Make the counters a session ended with durable: the returned future is done once committed
+        (await it, or let it complete behind the meter's lock; ``close`` still commits it).
+
+        ``key_version``: the GUEK version the session used (its server IC is ignored for another one).
+        ``background``: the session is background work (the outage engine's pings): recorded in group
+        commits of their own, written as a bulk writer, so that hundreds of them never make an
+        on-demand read or a command wait for their commit.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         op = _Record(meter_id, client_ic_next, server_ic_last, future, key_version)
         self._submit(op, self._background if background else self._urgent)
