@@ -6,7 +6,8 @@ pinning its command authority; the platform runs in this process with everything
 prepayment, revenue protection). Steps:
 
 1. baseline: on-demand reads and disconnect/reconnect commands on probe meters of healthy feeders,
-   one after the other for ``--baseline-s`` seconds, to time them on a quiet platform;
+   started at fixed rates (``--read-rate``, ``--command-rate``: an open loop) for ``--baseline-s``
+   seconds, to time them on a quiet platform;
 2. storm: every other feeder of the grid (``--fail-share`` of them, never all feeders of a
    substation) loses power at once; ``--last-gasp-share`` of its meters get a last gasp out (the
    simulator's deterministic choice per meter), each after a random delay of up to ``--spread-s``
@@ -37,7 +38,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,18 +138,52 @@ class Probes:
                 "meter_s": round((done.confirmed_at - done.sent_at).total_seconds(), 3),
             }
 
-    async def run(self, reads: list[float], commands: list[float], stop: Callable[[], bool] | None = None) -> None:
-        """One pass over every probe (reads and commands interleaved), or passes until ``stop()``."""
-        while True:
-            for i, meter_id in enumerate(self.read_ids):
-                await self.read(meter_id, reads)
-                if i < len(self.switch_ids):
-                    await self.command(self.switch_ids[i], "disconnect", commands)
-                    await self.command(self.switch_ids[i], "reconnect", commands)
-                if stop is not None and stop():
-                    return
-            if stop is None:
-                return
+    async def run(
+        self, reads: list[float], commands: list[float], stop: Callable[[], bool], *, read_rate: float,
+        command_rate: float,
+    ) -> None:  # fmt: skip
+        """On-demand reads at ``read_rate`` a second and switch commands at ``command_rate``, each started
+        on its schedule whatever the earlier ones are doing, until ``stop()``: an open loop, so that a
+        stall delays no later probe's start and the p99 sees every probe a stall catches (one probe
+        after the other, as sessions 1-7 ran them, issues fewer while the platform is slow: coordinated
+        omission). A command goes to the next switch meter with none in flight; reads go round their
+        meters (two reads of one meter take turns at its session lock, as a real head-end's would)."""
+        loop = asyncio.get_running_loop()
+        started, n_reads, n_commands = loop.time(), 0, 0
+        busy: set[int] = set()
+        states: dict[int, str] = {}  # meter -> the command it gets next
+        running: set[asyncio.Task[None]] = set()
+
+        def spawn(probe: Awaitable[None]) -> None:
+            task = asyncio.ensure_future(probe)
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        async def command(meter_id: int) -> None:
+            busy.add(meter_id)
+            try:
+                await self.command(meter_id, states.get(meter_id, "disconnect"), commands)
+            finally:
+                states[meter_id] = "reconnect" if states.get(meter_id, "disconnect") == "disconnect" else "disconnect"
+                busy.discard(meter_id)
+
+        while not stop():
+            next_read, next_command = started + n_reads / read_rate, started + n_commands / command_rate
+            wait = min(next_read, next_command) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            if next_read <= next_command:
+                spawn(self.read(self.read_ids[n_reads % len(self.read_ids)], reads))
+                n_reads += 1
+                continue
+            free = [m for m in self.switch_ids if m not in busy]
+            if free:  # every switch meter still busy: this slot is skipped (and counted as a failure)
+                spawn(command(free[n_commands % len(free)]))
+            else:
+                self.failures += 1
+            n_commands += 1
+        await asyncio.gather(*running)
 
 
 def _by_feeder(fleet: Fleet) -> dict[str, list[int]]:
@@ -195,6 +230,18 @@ def _first_gasp(platform: Platform, since: float) -> float | None:
             )
         ).scalar_one_or_none()
     return None if found is None else float(found)
+
+
+def _gasp_arrival(platform: Platform, since: float) -> dict[str, float]:
+    """How the last gasps arrived: seconds from the first to the median, the 90th percentile and the last."""
+    e = meter_events.c
+    query = sa.select(e.received_at).where(e.code == int(EventCode.POWER_DOWN), e.received_at >= since)
+    with platform.engine.connect() as conn:
+        times = sorted(float(t) for t in conn.execute(query).scalars())
+    if not times:
+        return {}
+    return {f"gasps_arrived_{name}_s": round(_quantile(times, q) - times[0], 2) for name, q in
+            (("p50", 0.5), ("p90", 0.9), ("last", 1.0))}  # fmt: skip
 
 
 def _list_outages(platform: Platform) -> list[outage_repo.OutageRecord]:
@@ -290,15 +337,16 @@ async def _storm(
 
     locator = asyncio.create_task(locate())
     storm_over = asyncio.Event()
-    prober = asyncio.create_task(probes.run(reads, commands, stop=storm_over.is_set))
+    prober = asyncio.create_task(probes.run(reads, commands, storm_over.is_set, **_rates(args)))
     await _fail_feeders(handle, failing, fail_params, args.spread_s)
     await locator
     first = await asyncio.to_thread(_first_gasp, platform, storm_started)  # the bench's own reads: off the loop
     opened = await asyncio.to_thread(_list_outages, platform)
     kinds: dict[str, int] = {}
-    for o in opened:
-        nested = "nested" if o.parent_id is not None else "top"
-        key = f"{o.device_kind}:{o.state}:{nested}:{'failed' if o.device_id in set(feeders) else 'other'}"
+    for record in opened:
+        nested = "nested" if record.parent_id is not None else "top"
+        which = "failed" if record.device_id in set(feeders) else "other"
+        key = f"{record.device_kind}:{record.state}:{nested}:{which}"
         kinds[key] = kinds.get(key, 0) + 1
     result: dict[str, Any] = {
         "failed_feeders": len(feeders),
@@ -308,6 +356,8 @@ async def _storm(
         "located_s": None if located[0] is None or first is None else round(located[0] - first, 2),
     }
     console.print(f"restoration: {len(failing) - len(dark)} meters back, {len(dark)} left dark")
+    if first is not None:  # power back within momentary_s of the failure is a momentary outage, by definition
+        await asyncio.sleep(max(0.0, first + platform.settings.outages.momentary_s + 0.5 - time.time()))
     await asyncio.to_thread(handle.control, "push-randomisation", failing, seconds=max(0, round(args.spread_s)))
     restore_started = time.time()
     await asyncio.to_thread(handle.control, "power-restore", failing, **restore_params)
@@ -330,6 +380,7 @@ async def _storm(
             for o in outage_repo.list_outages(conn, limit=1_000_000)
             for m in outage_repo.affected_meters(conn, o.id, states=("still-dark",))
         }
+    result.update(await asyncio.to_thread(_gasp_arrival, platform, storm_started))
     result.update({
         "restoration_verified_s": None if done is None else round(done - restore_started, 2),
         "left_dark": len(dark),
@@ -344,6 +395,10 @@ def _probe_sample(fleet: Fleet, args: argparse.Namespace) -> list[int]:
     feeders = set(_failed_feeders(fleet, args.fail_share))
     healthy = sorted(i for f, members in _by_feeder(fleet).items() if f not in feeders for i in members)
     return random.Random(7).sample(healthy, min(len(healthy), args.probes + args.probes // 4))
+
+
+def _rates(args: argparse.Namespace) -> dict[str, float]:
+    return {"read_rate": args.read_rate, "command_rate": args.command_rate}
 
 
 def _partitions(fleet: Fleet, processes: int, probes: Sequence[int]) -> list[list[int]]:
@@ -366,7 +421,7 @@ async def _run(
     reads: list[float] = []
     commands: list[float] = []
     ends = time.perf_counter() + args.baseline_s
-    await probes.run(reads, commands, stop=lambda: time.perf_counter() > ends)
+    await probes.run(reads, commands, lambda: time.perf_counter() > ends, **_rates(args))
     result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands),
                               "reads_baseline": len(reads), "commands_baseline": len(commands)}  # fmt: skip
     progress = asyncio.create_task(_report_progress(platform, console))
@@ -399,9 +454,11 @@ def main() -> None:
     parser.add_argument("--spread-s", type=float, default=5.0, help="seconds over which the meters go dark")
     parser.add_argument("--restore-share", type=float, default=0.99, help="share of failed meters that come back")
     parser.add_argument("--probes", type=int, default=40, help="meters for on-demand reads (a quarter: commands)")
+    parser.add_argument("--read-rate", type=float, default=12.0, help="on-demand reads started a second (open loop)")
+    parser.add_argument("--command-rate", type=float, default=8.0, help="switch commands started a second (open loop)")
     parser.add_argument(
-        "--baseline-s", type=float, default=13.0,
-        help="seconds of probes before the storm (about as many as the storm gets: p99s of samples of one size)",
+        "--baseline-s", type=float, default=20.0,
+        help="seconds of probes before the storm (about as long as the storm: p99s of samples of one size)",
     )  # fmt: skip
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up waiting for a stage after this")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")

@@ -14,7 +14,6 @@ never overlap a read of the same meter and never reuse a counter.
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -91,11 +90,13 @@ class Collector:
         self._layouts: dict[int, ProfileLayout] = {}  # learnt once per meter (per process)
         self._last_block: dict[int, int] = {}  # first client IC of the newest block used per meter
         self._locks: dict[int, asyncio.Lock] = {}
+        self._settling: set[asyncio.Task[None]] = set()  # on-demand reads' counter commits, then publications
         self.events: EventPipeline | None = None  # set by the platform: event-log reads go there
         self._event_logs: dict[int, EventLogState] = {}  # per meter, seeded by _since (per process)
 
     async def close(self) -> None:
-        await self.counters.close()
+        await self.counters.close()  # commits what on-demand reads left to settle
+        await asyncio.gather(*self._settling, return_exceptions=True)
 
     # -- bulk collection ---------------------------------------------------------------------------
 
@@ -241,10 +242,11 @@ class Collector:
 
         A block reserved ahead (for a whole run) is used only while no later block has been used
         with that meter, e.g. by an on-demand read in between: the meter would refuse it as a replay.
-        ``record_later`` (an on-demand read): return as soon as the meter has answered; the session's
-        counters are committed behind the meter's lock, which is released only then, so the next
-        session with the meter still starts from them (a storm measured the record's group commit
-        and its wait for SQLite's write lock as a third of an on-demand read).
+        ``record_later`` (an on-demand read): return the readings as soon as the meter has answered;
+        the session's counters are committed behind the meter's lock, which is released only then (the
+        next session with the meter starts from them), and the readings are published after that, as
+        always (a storm measured the record's group commit and its wait for SQLite's write lock as a
+        third of an on-demand read).
         """
         loop = asyncio.get_running_loop()
         lock = self.meter_lock(meter_id)
@@ -289,15 +291,34 @@ class Collector:
                 key_version=target.key_version,
             )
             if record_later:
-                recorded.add_done_callback(functools.partial(_release_when_recorded, lock, meter_id))
+                settling = loop.create_task(self._settle(recorded, lock, meter_id, result.readings))
+                self._settling.add(settling)
+                settling.add_done_callback(self._settling.discard)
                 release = False
             else:
                 await recorded
         finally:
             if release:
                 lock.release()
-        await self._bus.publish(READINGS_COLLECTED, result.readings)
+        if not record_later:
+            await self._bus.publish(READINGS_COLLECTED, result.readings)
         return result.readings, elapsed
+
+    async def _settle(
+        self, recorded: asyncio.Future[None], lock: asyncio.Lock, meter_id: int, readings: CollectedReadings
+    ) -> None:
+        """An on-demand read's end: its counters committed, the meter free for its next session, its
+        readings published. Counters that fail to commit cost nothing unsafe (every session reserves its
+        counters ahead of use, so none is used twice), but its readings are then not published: the
+        next collection reads them again."""
+        try:
+            await recorded
+        except Exception as exc:  # noqa: BLE001 - the caller has its readings; this is logged, not raised
+            _log.error("headend.counters.record-failed", meter_id=meter_id, error=type(exc).__name__)
+            return
+        finally:
+            lock.release()
+        await self._bus.publish(READINGS_COLLECTED, readings)
 
     def _hand_on_events(self, meter_id: int, result: ReadResult) -> bool:
         """Give the event-log rows to the event pipeline without waiting; False when its queue is full
@@ -356,11 +377,3 @@ class Collector:
                 await asyncio.to_thread(self._record_error, meter_id, exc, None)
                 raise
         return readings
-
-
-def _release_when_recorded(lock: asyncio.Lock, meter_id: int, recorded: asyncio.Future[None]) -> None:
-    """An on-demand read's counters are committed (or failed to be): the meter is free for its next session.
-    A failure costs nothing unsafe: every session reserves counters ahead of use, so none is used twice."""
-    lock.release()
-    if not recorded.cancelled() and (exc := recorded.exception()) is not None:
-        _log.error("headend.counters.record-failed", meter_id=meter_id, error=type(exc).__name__)
