@@ -463,8 +463,9 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up waiting for a stage after this")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument(
-        "--fleet-nice", type=int, default=10, help="nice value of the simulator's processes (the probe process: 0)"
-    )
+        "--fleet-nice", type=int, default=19,
+        help="nice value of the storm's simulator processes: devices elsewhere, they get what CPU is left (probes: 0)",
+    )  # fmt: skip
     parser.add_argument(
         "--probe-process",
         action=argparse.BooleanOptionalAction,

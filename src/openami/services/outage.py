@@ -69,6 +69,7 @@ _BACKLOG_WAIT_MAX_S = 60.0  # verification waits for queued events at most this 
 # late gasps (of meters already in an open outage) are flagged at most this often: a storm's arrive in
 # every event batch for seconds, and flushing each batch's kept ~130 transactions a second going
 _LATE_GASPS_EVERY_S = 1.0
+_STORM_GROWTH = 1.1  # a storm's group is decided early once it grew this much with its devices unchanged
 
 
 async def _ping_each(pinger: Pinger, meters: Sequence[int]) -> list[bool]:
@@ -96,7 +97,15 @@ class _Open:
     restored: set[int] = field(default_factory=set)
     first_up: float | None = None  # loop time of the first power-up
     last_up: float | None = None
-    restored_at: datetime | None = None  # latest power-up, meter time
+    latest_up: int | None = None  # latest power-up, meter time (epoch s: a storm brings 54,000 of them)
+    started_s: float = field(init=False)  # started_at as epoch s, to compare power-ups with
+
+    def __post_init__(self) -> None:
+        self.started_s = self.started_at.timestamp()
+
+    @property
+    def restored_at(self) -> datetime | None:
+        return None if self.latest_up is None else datetime.fromtimestamp(self.latest_up, UTC)
 
 
 class OutageEngine:
@@ -129,7 +138,7 @@ class OutageEngine:
         self._pending: dict[int, int] = {}  # meter -> last gasp's meter time, not decided yet
         self._group_first: float | None = None
         self._group_last = 0.0
-        self._provisional: set[Device] | None = None  # a storm group's last provisional inference
+        self._provisional: tuple[set[Device], int] | None = None  # a storm group's last provisional inference, gasps
         self._checked_at = 0.0  # loop time of that inference
         self._observed: dict[int, bool] = {}  # the pending group's early pings: meter -> answered
         self._early: asyncio.Task[None] | None = None  # those pings, while they run
@@ -198,7 +207,7 @@ class OutageEngine:
         early = self._back_since(state)
         if early:
             state.restored |= early
-            state.restored_at = datetime.fromtimestamp(max(self._back[m] for m in early), UTC)
+            state.latest_up = max(self._back[m] for m in early)
             state.first_up = state.last_up = asyncio.get_running_loop().time()
 
     def forget(self, outage_id: int) -> None:
@@ -248,13 +257,12 @@ class OutageEngine:
         self._back[meter] = max(meter_time, self._back.get(meter, meter_time))
         for outage_id in self._member.get(meter, set()):
             state = self._open[outage_id]
-            if meter in state.restored or datetime.fromtimestamp(meter_time, UTC) < state.started_at:
+            if meter in state.restored or meter_time < state.started_s:
                 continue  # a power-up from before this outage began (out of order) does not end it
             state.restored.add(meter)
             state.first_up = state.first_up if state.first_up is not None else loop_now
             state.last_up = loop_now
-            at = datetime.fromtimestamp(meter_time, UTC)
-            state.restored_at = at if state.restored_at is None else max(state.restored_at, at)
+            state.latest_up = meter_time if state.latest_up is None else max(state.latest_up, meter_time)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -352,7 +360,8 @@ class OutageEngine:
 
     async def _check_storm(self, *, decide: bool) -> None:
         """Infer a storm's group as it stands; when the devices named are those named ``storm_check_s``
-        before, the picture has stopped changing: decide on these gasps now rather than waiting out
+        before and the group has grown by a tenth since, the picture has stopped changing: decide on
+        these gasps now rather than waiting out
         ``storm_settle_s`` (the gasps still to come join the outages opened, as late gasps). With
         ``decide`` (the window is over) the decision follows whatever this inference names.
 
@@ -367,11 +376,14 @@ class OutageEngine:
         self._checked_at = asyncio.get_running_loop().time()
         self.checks += 1
         devices = _devices(suspects)
-        previous, self._provisional = self._provisional, devices
-        if devices == previous or decide:
+        previous, self._provisional = self._provisional, (devices, len(gasps))
+        # the same devices, while the group grew by a tenth: new gasps no longer change the picture (a
+        # picture that holds only because the gasps stalled, e.g. a busy network, proves nothing)
+        stable = previous is not None and devices == previous[0] and len(gasps) >= previous[1] * _STORM_GROWTH
+        if stable or decide:
             await self._decide(gasps, _Inferred(explained, suspects, seen))
         elif previous is not None and (self._early is None or self._early.done()):
-            named_twice = [s for s in suspects if (s.kind, s.id) in previous]
+            named_twice = [s for s in suspects if (s.kind, s.id) in previous[0]]
             self._early = asyncio.create_task(self._ping_early(named_twice, dark, alive, explained))
 
     def _with_observed(self, gasps: dict[int, int]) -> tuple[set[int], set[int]]:
@@ -380,12 +392,18 @@ class OutageEngine:
         return set(gasps) | (self._observed.keys() - answered), answered
 
     async def _ping_early(self, suspects: list[Suspect], dark: set[int], alive: set[int], explained: set[int]) -> None:
-        """Ping samples of ``suspects`` (within the group's ``ping_budget``) into ``_observed``."""
+        """Ping samples of ``suspects`` (within the group's ``ping_budget``) into ``_observed``; a round
+        that fails only leaves fewer observations (the decision pings what it still lacks)."""
         pinged = set(self._observed)
         order = self._samples(suspects, dark, alive, explained, pinged, self._settings.ping_budget - len(pinged))
-        if order:
+        if not order:
+            return
+        try:
             answers = await self._ping_round(order)
-            self._observed.update(zip(order, answers, strict=True))
+        except Exception:  # noqa: BLE001 - logged; nothing was observed
+            _log.exception("outages.early_pings.failed")
+            return
+        self._observed.update(zip(order, answers, strict=True))
 
     async def _ensure_grid(self, gasps: dict[int, int]) -> None:
         if any(m not in self._places for m in gasps) and time.monotonic() - self._loaded_at > _RELOAD_AFTER_S:
@@ -457,14 +475,11 @@ class OutageEngine:
         return self.grid.meters((suspect.kind, suspect.id))
 
     async def _observations(self) -> dict[int, bool]:
-        """The group's early pings, once a round still running has answered (it was asked for the
-        decision's own confirmation; a failed round only means fewer observations)."""
+        """The group's early pings, once a round still running has answered (the decision would ask
+        the same meters itself)."""
         early, self._early = self._early, None
         if early is not None:
-            try:
-                await early
-            except Exception:  # noqa: BLE001 - logged; the decision pings what it still needs itself
-                _log.exception("outages.early_pings.failed")
+            await early
         return dict(self._observed)
 
     async def _confirm(

@@ -9,6 +9,7 @@ verification lists the meters still dark and opens a child outage for a transfor
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -267,31 +268,62 @@ async def test_a_storm_group_waits_for_storm_settle_s_while_its_gasps_still_arri
 
 # a storm that would wait 20 s (neither quiet_s nor storm_settle_s passes), were it not for the checks
 CHECKED = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 20.0, "quiet_s": 20.0, "storm_check_s": 0.25})
+FEEDERS = {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
+
+
+async def _gasp_on(world: World, meters: list[int]) -> None:
+    """After each provisional inference, 4 more gasps of ``meters`` (the storm still arriving, the
+    group growing by over a tenth), until both feeders' outages are open."""
+
+    def opened() -> bool:
+        return _devices(_outages(world, "open")) >= FEEDERS
+
+    sent = 0
+    while not opened():
+        await _until(functools.partial(_checked_after, world, world.engine.checks, opened), "a check")
+        await world.events(EventCode.POWER_DOWN, meters[sent : sent + 4])
+        sent += 4
+
+
+def _checked_after(world: World, checks: int, opened: Callable[[], bool]) -> bool:
+    return world.engine.checks > checks or opened()
 
 
 @pytest.mark.parametrize("outage_settings", [CHECKED], indirect=True)
 async def test_a_storm_group_is_decided_once_two_provisional_inferences_name_the_same_devices(world: World) -> None:
-    feeders = {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
     meters = feeder_meters(world.ids, "SS1-F1") + feeder_meters(world.ids, "SS2-F1")
     world.power_off(meters)
+    first = _share(meters, 0.4, 3)
     started = time.monotonic()
-    await world.events(EventCode.POWER_DOWN, _share(meters, 0.4, 3))
-    await _until(lambda: feeders <= _devices(_outages(world, "open")), "the two feeder outages")
-    # settle_s (0.6 s) and one check later, not the 20 s of the storm's settle window or quiet time
+    await world.events(EventCode.POWER_DOWN, first)
+    await _gasp_on(world, [m for m in meters if m not in first])
+    # settle_s (0.6 s) and a check or two later, not the 20 s of the storm's settle window or quiet time
     assert time.monotonic() - started < CHECKED.quiet_s / 2
     assert world.engine.decisions == 1
-    assert _devices(_outages(world, "open")) == feeders
+    assert _devices(_outages(world, "open")) == FEEDERS
+
+
+@pytest.mark.parametrize("outage_settings", [CHECKED], indirect=True)
+async def test_a_storm_group_whose_gasps_stall_waits_although_two_inferences_agree(world: World) -> None:
+    meters = feeder_meters(world.ids, "SS1-F1") + feeder_meters(world.ids, "SS2-F1")
+    world.power_off(meters)
+    await world.events(EventCode.POWER_DOWN, _share(meters, 0.4, 3))
+    await _until(lambda: world.engine.checks >= 4, "four provisional inferences")
+    assert world.engine.decisions == 0  # the same picture, but from no new gasps: no evidence it holds
+    await _gasp_on(world, [m for m in meters if m not in _share(meters, 0.4, 3)])
+    assert world.engine.decisions == 1
 
 
 @pytest.mark.parametrize("outage_settings", [CHECKED.model_copy(update={"storm_check_s": 0.5})], indirect=True)
 async def test_devices_named_by_two_provisional_inferences_are_pinged_before_the_decision_once(world: World) -> None:
     first, second = feeder_meters(world.ids, "SS1-F1"), feeder_meters(world.ids, "SS2-F1")
     world.power_off(first + second)
-    await world.events(EventCode.POWER_DOWN, _share(first, 0.4, 3))
+    early = _share(first, 0.4, 3)
+    await world.events(EventCode.POWER_DOWN, early)
     await _until(lambda: world.engine.checks >= 1, "the first provisional inference")
-    await world.events(EventCode.POWER_DOWN, _share(second, 0.4, 4))  # the next names more: not stable yet
-    feeders = {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
-    await _until(lambda: feeders <= _devices(_outages(world, "open")), "the two feeder outages")
+    later = _share(second, 0.4, 4)
+    await world.events(EventCode.POWER_DOWN, later)  # the next names more: not stable yet
+    await _gasp_on(world, [m for m in first + second if m not in early and m not in later])
     assert world.engine.decisions == 1
     # SS1-F1, named twice running, was pinged while the group still gathered gasps; nobody twice
     assert world.pinged_undecided
