@@ -267,7 +267,7 @@ class OutageSettings(BaseModel):
     quiet_s: float = Field(default=0.5, gt=0.0, le=60.0)
     settle_s: float = Field(default=1.5, gt=0.0, le=60.0)
     storm_gasps: int = Field(default=1000, ge=1)
-    storm_settle_s: float = Field(default=3.0, gt=0.0, le=60.0)
+    storm_settle_s: float = Field(default=4.0, gt=0.0, le=60.0)
     storm_check_s: float = Field(default=0.25, ge=0.0, le=60.0)  # 0: a storm always waits storm_settle_s
     momentary_s: float = Field(default=3.0, ge=0.0, le=300.0)
     min_delivery: float = Field(default=0.3, gt=0.0, le=1.0)
