@@ -34,6 +34,7 @@ __all__ = [
     "open_outages",
     "prepare_outage",
     "prepared_record",
+    "restore_still_dark",
 ]
 
 _CHUNK = 500
@@ -214,6 +215,20 @@ def mark_meters(
     for i in range(0, len(ids), _CHUNK):
         query = sa.update(om).where(om.c.outage_id == outage_id, om.c.meter_id.in_(ids[i : i + _CHUNK]))
         conn.execute(query.values(**values))
+
+
+def restore_still_dark(
+    conn: Connection, outage_id: int, meter_ids: Sequence[int], *, restored_at: datetime, now: datetime
+) -> OutageRecord | None:
+    """Meters the outage lists still dark that reported power after its verification: restored (by
+    push), the outage's still-dark count lowered (a new version); None when none was still dark."""
+    ids = sorted(set(meter_ids))
+    values = {"state": "restored", "restored_by": "push", "restored_at": restored_at}
+    back = 0
+    for i in range(0, len(ids), _CHUNK):
+        where = (om.c.outage_id == outage_id, om.c.meter_id.in_(ids[i : i + _CHUNK]), om.c.state == "still-dark")
+        back += conn.execute(sa.update(om).where(*where).values(**values)).rowcount
+    return change(conn, outage_id, now=now, still_dark=o.c.still_dark - back) if back else None
 
 
 def set_last_gasp(conn: Connection, outage_id: int, meter_ids: Sequence[int], *, now: datetime) -> OutageRecord | None:

@@ -144,7 +144,11 @@ class OutageEngine:
         self._early: asyncio.Task[None] | None = None  # those pings, while they run
         self._back: dict[int, int] = {}  # meter -> latest power-up's meter time
         self._late_gasps: dict[int, set[int]] = {}  # outage -> meters whose gasp came after it opened
-        self._late_flushed_at = 0.0  # loop time of the last flush of _late_gasps
+        self._late_flushed_at = 0.0  # loop time of the last flush of _late_gasps and _late_ups
+        # meter -> verified outages that list it still dark, with their start (epoch s), and the
+        # power-ups that came after their verification: outage -> meter -> meter time
+        self._still_dark: dict[int, list[tuple[int, float]]] = {}
+        self._late_ups: dict[int, dict[int, int]] = {}
         self._open: dict[int, _Open] = {}
         self._member: dict[int, set[int]] = {}  # meter -> open outages it is in
         self._seen: OrderedDict[tuple[int, int, int], None] = OrderedDict()
@@ -255,6 +259,10 @@ class OutageEngine:
 
     def _power_up(self, meter: int, meter_time: int, loop_now: float) -> None:
         self._back[meter] = max(meter_time, self._back.get(meter, meter_time))
+        if meter in self._still_dark:  # listed still dark by a verification, it reports power after all
+            for outage_id, started_s in self._still_dark.pop(meter):
+                if meter_time >= started_s:
+                    self._late_ups.setdefault(outage_id, {})[meter] = meter_time
         for outage_id in self._member.get(meter, set()):
             state = self._open[outage_id]
             if meter in state.restored or meter_time < state.started_s:
@@ -284,7 +292,7 @@ class OutageEngine:
             if check is not None:
                 dues.append(check - now)
         dues += [self._restore_due(s) - now for s in self._open.values() if s.first_up is not None]
-        if self._late_gasps:
+        if self._late_gasps or self._late_ups:
             dues.append(self._late_flushed_at + _LATE_GASPS_EVERY_S - now)
         return max(0.01, min(dues))
 
@@ -316,9 +324,11 @@ class OutageEngine:
             self._reload = False
             await asyncio.to_thread(self._load)
         now = asyncio.get_running_loop().time()
-        if self._late_gasps and (now >= self._late_flushed_at + _LATE_GASPS_EVERY_S or self._verifications_due(now)):
+        late = self._late_gasps or self._late_ups
+        if late and (now >= self._late_flushed_at + _LATE_GASPS_EVERY_S or self._verifications_due(now)):
             self._late_flushed_at = now
             await self._flush_late_gasps()
+            await self._flush_late_ups()
         if self._group_first is not None:
             check = self._check_due()
             if check is not None and now >= min(check, self._group_due()):
@@ -353,6 +363,22 @@ class OutageEngine:
 
         # an outage a transaction, as a bulk writer like the records: a storm's late gasps in one
         # transaction held commands and on-demand reads up to 0.26 s at SQLite's write lock (~27 ms an outage)
+        write = functools.partial(self._write_chunked, list(late.items()), lambda _i: 1, write_one, per_transaction=1)
+        await self._publish(await asyncio.to_thread(write))
+
+    async def _flush_late_ups(self) -> None:
+        """Meters a verification listed still dark that reported power since: restored (by push), and
+        their outages' still-dark counts lowered, an outage a transaction."""
+        late, self._late_ups = self._late_ups, {}
+        if not late:
+            return
+
+        def write_one(conn: Connection, item: tuple[int, dict[int, int]]) -> list[tuple[OutageRecord, str]]:
+            outage_id, ups = item
+            at = datetime.fromtimestamp(max(ups.values()), UTC)
+            updated = repo.restore_still_dark(conn, outage_id, sorted(ups), restored_at=at, now=self._now())
+            return [] if updated is None else [(updated, "updated")]
+
         write = functools.partial(self._write_chunked, list(late.items()), lambda _i: 1, write_one, per_transaction=1)
         await self._publish(await asyncio.to_thread(write))
 
@@ -695,6 +721,9 @@ class OutageEngine:
 
         results = await asyncio.to_thread(write)
         still_of = {plan.state.id: plan.still for plan in plans}
+        for plan in plans:  # a meter listed still dark that reports power later is taken off the list
+            for meter in plan.still:
+                self._still_dark.setdefault(meter, []).append((plan.state.id, plan.state.started_s))
         for record, change in results:
             if change == "opened" and record.parent_id is not None:
                 still = still_of[record.parent_id]

@@ -217,9 +217,18 @@ async def test_restoration_verification_lists_meters_still_dark_and_opens_a_chil
     assert child.meters == METERS_PER_TRANSFORMER
     await _until(lambda: [m.change for m in world.feed if m.outage_id == feeder_outage.id][-1] == "restored", "feed")
 
+    world.power_on([left_out])  # it reports power after the verification: off the still-dark list
+    await world.events(EventCode.POWER_UP, [left_out])
+    await _until(lambda: _record(world, feeder_outage.id).still_dark == len(stays_dark), "the late power-up")
+    with world.platform.engine.connect() as conn:
+        late = {m.meter_id: m for m in repo.affected_meters(conn, feeder_outage.id)}[left_out]
+    assert (late.state, late.restored_by) == ("restored", "push")
+    await _until(lambda: [m.change for m in world.feed if m.outage_id == feeder_outage.id][-1] == "updated", "feed")
+
     world.power_on(stays_dark)  # the transformer is repaired: its power-ups close the child
     await world.events(EventCode.POWER_UP, stays_dark)
     await _until(lambda: repo_state(world, child_id) == "restored", "the child's restoration")
+    await _until(lambda: _record(world, feeder_outage.id).still_dark == 0, "the parent's list emptied")
 
 
 async def test_verification_waits_for_queued_events_then_verifies_every_due_outage_in_one_round(
@@ -369,6 +378,11 @@ async def test_a_transformer_outage_already_open_becomes_the_child_of_its_feeder
     parent = next(o for o in _outages(world, "open") if o.id != first.id)
     assert (parent.device_id, nested.parent_id) == ("SS1-F1", parent.id)
     await _until(lambda: "nested" in [m.change for m in world.feed if m.outage_id == first.id], "the nested change")
+
+
+def _record(world: World, outage_id: int) -> OutageRecord:
+    with world.platform.engine.connect() as conn:
+        return repo.get_outage(conn, outage_id)
 
 
 def repo_state(world: World, outage_id: int) -> str:
