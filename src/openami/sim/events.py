@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import socket
+from collections.abc import Callable
 
 from openami.protocols.dlms import obis
 from openami.protocols.dlms.axdr import Float64, LongUnsigned
@@ -131,14 +132,15 @@ class PushChannel:
 
     def submit(
         self,
-        frame: bytes,
+        frame: bytes | Callable[[], bytes],
         destination: Destination,
         *,
         randomisation_s: int = 0,
         retries: int = 0,
         repetition_delay_s: float = 0.0,
     ) -> bool:
-        """Queue ``frame`` for ``destination``; False (nothing queued) when no event loop runs here."""
+        """Queue ``frame`` (or what makes it, called when it leaves) for ``destination``; False (nothing
+        queued) when no event loop runs here."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -153,7 +155,7 @@ class PushChannel:
     async def _send(
         self,
         previous: asyncio.Task[None] | None,
-        frame: bytes,
+        make: bytes | Callable[[], bytes],
         destination: Destination,
         delay: float,
         retries: int,
@@ -163,6 +165,7 @@ class PushChannel:
             await asyncio.wait([previous])  # keep counter order; the previous one's outcome does not matter
         if delay:
             await asyncio.sleep(delay)
+        frame = make() if callable(make) else make
         transport, host, port = destination
         if transport is TransportService.UDP:  # unacknowledged: one try, and "sent" only means it left
             if send_datagram(host, port, frame):

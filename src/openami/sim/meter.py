@@ -224,10 +224,22 @@ class SimulatedMeter:
             )
 
     def _push(self, events: list[PushedEvent], *, last_gasp: bool = False) -> bool:
-        """Cipher one notification now (taking the next invocation counter) and queue it for sending."""
+        """Queue one notification for sending; it is ciphered when it leaves (taking the next invocation
+        counter then, in send order). Ciphering at once made a worker applying a storm to thousands of
+        meters late with every one of their pushes: its randomisation started only after the last."""
         destination = self.push_setup.ip_destination()
         if destination is None:
             return False
+        setup = self.push_setup
+        return self.pushes.submit(
+            lambda: self._encode_push(events),
+            destination,
+            randomisation_s=setup.randomisation_start_interval,
+            retries=0 if last_gasp else setup.number_of_retries,  # a last gasp has the energy for one try
+            repetition_delay_s=setup.repetition_delay,
+        )
+
+    def _encode_push(self, events: list[PushedEvent]) -> bytes:
         security = self.security
         frame = encode_push(
             events,
@@ -239,14 +251,7 @@ class SimulatedMeter:
             meter_time=self.clock.time(),
         )
         self._push_sequence = (self._push_sequence + 1) & MAX_SEQUENCE
-        setup = self.push_setup
-        return self.pushes.submit(
-            frame,
-            destination,
-            randomisation_s=setup.randomisation_start_interval,
-            retries=0 if last_gasp else setup.number_of_retries,  # a last gasp has the energy for one try
-            repetition_delay_s=setup.repetition_delay,
-        )
+        return frame
 
     def _push_latest(self) -> None:
         """Push Setup method 1: send the latest event again (or an empty notification)."""

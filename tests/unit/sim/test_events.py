@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,7 @@ from openami.protocols.dlms.cosem.push_setup import TransportService, parse_dest
 from openami.protocols.dlms.errors import DlmsError
 from openami.sim import control
 from openami.sim.commissioning import commissioning_document, validate_commissioning
-from openami.sim.events import EventLog
+from openami.sim.events import EventLog, PushChannel
 from openami.sim.fleet import FleetConfig, build_fleet
 from openami.sim.meter import MeterConfig, SimulatedMeter
 from openami.sim.meter_profile import INTERVAL_S
@@ -259,3 +260,20 @@ def test_check_meter_round_trips_through_the_worker_job_json() -> None:
     fleet = build_fleet(FleetConfig(meters=30, seed=2, port=0, check_meters=True))
     check = fleet.check_meters[0]
     assert type(check).from_json(check.to_json()) == check
+
+
+async def test_a_notification_is_ciphered_when_it_leaves_not_when_its_event_happens() -> None:
+    channel = PushChannel(random.Random(1))
+    made: list[str] = []
+
+    def make(name: str) -> bytes:
+        made.append(name)
+        return name.encode()
+
+    destination = (TransportService.UDP, "127.0.0.1", 9)  # discard: nothing listens there
+    assert channel.submit(lambda: make("first"), destination, randomisation_s=1)
+    assert channel.submit(lambda: make("second"), destination)
+    assert made == []  # a storm's thousands of meters are all failed before any of them ciphers
+    await channel.idle()
+    assert made == ["first", "second"]  # in order: each takes the next invocation counter as it leaves
+    assert channel.sent == 2
