@@ -352,31 +352,33 @@ class OutageEngine:
 
     async def _flush_late_gasps(self) -> None:
         late, self._late_gasps = self._late_gasps, {}
-        late = {k: v for k, v in late.items() if k in self._open}
-        if not late:
-            return
-
-        def write_one(conn: Connection, item: tuple[int, set[int]]) -> list[tuple[OutageRecord, str]]:
-            outage_id, meters = item
-            updated = repo.set_last_gasp(conn, outage_id, sorted(meters), now=self._now())
-            return [] if updated is None else [(updated, "updated")]
-
-        # an outage a transaction, as a bulk writer like the records: a storm's late gasps in one
-        # transaction held commands and on-demand reads up to 0.26 s at SQLite's write lock (~27 ms an outage)
-        write = functools.partial(self._write_chunked, list(late.items()), lambda _i: 1, write_one, per_transaction=1)
-        await self._publish(await asyncio.to_thread(write))
+        await self._update_each(
+            {k: v for k, v in late.items() if k in self._open},
+            lambda conn, outage_id, meters: repo.set_last_gasp(conn, outage_id, sorted(meters), now=self._now()),
+        )
 
     async def _flush_late_ups(self) -> None:
         """Meters a verification listed still dark that reported power since: restored (by push), and
-        their outages' still-dark counts lowered, an outage a transaction."""
+        their outages' still-dark counts lowered."""
         late, self._late_ups = self._late_ups, {}
+
+        def restore(conn: Connection, outage_id: int, ups: dict[int, int]) -> OutageRecord | None:
+            at = datetime.fromtimestamp(max(ups.values()), UTC)
+            return repo.restore_still_dark(conn, outage_id, sorted(ups), restored_at=at, now=self._now())
+
+        await self._update_each(late, restore)
+
+    async def _update_each(
+        self, late: dict[int, _T], update: Callable[[Connection, int, _T], OutageRecord | None]
+    ) -> None:
+        """``update`` each outage of ``late`` and publish what changed, an outage a transaction, as a bulk
+        writer like the records: a storm's late gasps in one transaction held commands and on-demand
+        reads up to 0.26 s at SQLite's write lock (~27 ms an outage)."""
         if not late:
             return
 
-        def write_one(conn: Connection, item: tuple[int, dict[int, int]]) -> list[tuple[OutageRecord, str]]:
-            outage_id, ups = item
-            at = datetime.fromtimestamp(max(ups.values()), UTC)
-            updated = repo.restore_still_dark(conn, outage_id, sorted(ups), restored_at=at, now=self._now())
+        def write_one(conn: Connection, item: tuple[int, _T]) -> list[tuple[OutageRecord, str]]:
+            updated = update(conn, *item)
             return [] if updated is None else [(updated, "updated")]
 
         write = functools.partial(self._write_chunked, list(late.items()), lambda _i: 1, write_one, per_transaction=1)
@@ -387,8 +389,8 @@ class OutageEngine:
     async def _check_storm(self, *, decide: bool) -> None:
         """Infer a storm's group as it stands; when the devices named are those named ``storm_check_s``
         before and the group has grown by a tenth since, the picture has stopped changing: decide on
-        these gasps now rather than waiting out
-        ``storm_settle_s`` (the gasps still to come join the outages opened, as late gasps). With
+        these gasps now rather than waiting out ``storm_settle_s`` (the gasps still to come join the
+        outages opened, as late gasps). With
         ``decide`` (the window is over) the decision follows whatever this inference names.
 
         Devices named by two inferences running are pinged at once, while the group still gathers
