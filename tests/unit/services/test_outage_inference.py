@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from openami.domain.outages import DeviceKind
-from openami.services.outage_inference import Grid, Suspect, infer
+from openami.services.outage_inference import (
+    Device,
+    Grid,
+    InferenceParameters,
+    Suspect,
+    _Best,
+    _failed_score,
+    infer,
+)
 
 # 2 substations x 3 feeders x 10 transformers x 10 meters = 600 meters; meter ids 1..600
 SUBSTATIONS, FEEDERS, TRANSFORMERS, METERS = 2, 3, 10, 10
@@ -98,3 +107,78 @@ def test_verification_within_an_outage_finds_the_transformer_still_dark() -> Non
 
 def test_nothing_dark_is_nothing_located() -> None:
     assert infer(_grid(), set(), set()) == []
+
+
+def _reference(grid: Grid, device: Device, dark: set[int], alive: set[int], explained: set[int]) -> _Best:
+    """The pass as its definition reads: each device counts its own meters (what ``infer`` does by
+    counting the observations once, walking up from each)."""
+    params = InferenceParameters()
+    meters = grid.meters(device)
+    seen_dark = sum(1 for m in meters if m in dark and m not in alive)
+    if not any(m in dark and m not in alive and m not in explained for m in meters):
+        return _Best(0.0, ())
+    if device[0] == DeviceKind.TRANSFORMER:
+        parts = [_reference_meter(m, dark, alive, explained) for m in meters]
+    else:  # a meter (``within`` one) has no children
+        parts = [_reference(grid, kid, dark, alive, explained) for kid in grid.children.get(device, [])]
+    children = _Best(sum(p.score for p in parts), tuple(s for p in parts for s in p.devices))
+    if any(m in alive for m in meters):
+        return children
+    own = _failed_score(len(meters), seen_dark, params)
+    if own > children.score or (own == children.score and device[0] == DeviceKind.TRANSFORMER):
+        return _Best(own, (Suspect(device[0], device[1], len(meters), seen_dark, own),))
+    return children
+
+
+def _reference_meter(meter: int, dark: set[int], alive: set[int], explained: set[int]) -> _Best:
+    params = InferenceParameters()
+    if meter not in dark or meter in alive or meter in explained:
+        return _Best(0.0, ())
+    own = math.log(params.device_prior)
+    if own >= math.log(params.spurious):
+        return _Best(own, (Suspect(DeviceKind.METER, str(meter), 1, 1, own),))
+    return _Best(math.log(params.spurious), ())
+
+
+def _random_grid(rng: random.Random) -> Grid:
+    """An uneven grid: transformers of 1-12 meters, feeders of 1-6, some without a feeder or substation."""
+    meter_transformer: dict[int, str] = {}
+    transformer_feeder: dict[str, str] = {}
+    feeder_substation: dict[str, str] = {}
+    meter = 0
+    for s in range(rng.randint(1, 3)):
+        for f in range(rng.randint(1, 4)):
+            feeder = f"S{s}-F{f}"
+            if rng.random() < 0.9:
+                feeder_substation[feeder] = f"S{s}"
+            for x in range(rng.randint(1, 6)):
+                transformer = f"{feeder}-T{x}"
+                if rng.random() < 0.95:
+                    transformer_feeder[transformer] = feeder
+                for _ in range(rng.randint(1, 12)):
+                    meter += 1
+                    meter_transformer[meter] = transformer
+    return Grid(meter_transformer, transformer_feeder, feeder_substation)
+
+
+def test_the_pass_finds_what_its_definition_finds_on_random_grids_and_observations() -> None:
+    for seed in range(300):
+        rng = random.Random(seed)
+        grid = _random_grid(rng)
+        meters = sorted(grid.meter_transformer)
+        devices = sorted(grid.meters_below)
+        failed = rng.sample(devices, min(len(devices), rng.randint(0, 3)))
+        down = {m for device in failed for m in grid.meters(device)}
+        share = rng.choice((0.3, 0.6, 1.0))
+        dark = {m for m in down if rng.random() < share} | set(rng.sample(meters, min(len(meters), 2)))
+        dark.add(10_000 + seed)  # a meter the grid does not know: no device explains it
+        pinged = rng.sample(meters, min(len(meters), rng.randint(0, 5)))
+        alive = {m for m in pinged if m not in down or rng.random() < 0.2}
+        explained = {m for m in dark if rng.random() < 0.15}
+        roots = [d for d in grid.children if d[0] == DeviceKind.SUBSTATION]
+        roots += [d for d in grid.meters_below if d[0] == DeviceKind.TRANSFORMER and grid.parent(d) is None]
+        expected = [s for root in roots for s in _reference(grid, root, dark, alive, explained).devices]
+        assert infer(grid, dark, alive, explained=explained) == expected, seed
+        within = rng.choice([*sorted(grid.meters_below), (DeviceKind.METER, str(meters[0]))])
+        expected = list(_reference(grid, within, dark, alive, explained).devices)
+        assert infer(grid, dark, alive, explained=explained, within=within) == expected, seed
