@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["EventCategory", "EventCode", "MeterEvent", "MeterEvents", "category_of"]
 
@@ -76,14 +77,17 @@ def category_of(code: EventCode) -> EventCategory:
     return _CATEGORIES[code]
 
 
-@dataclass(frozen=True, slots=True)
-class MeterEvent:
+class MeterEvent(NamedTuple):
     """One event of one registered meter, authenticated by the head-end.
 
     ``meter_time`` is the meter's own time stamp (epoch s, UTC), ``received_at`` the head-end's
     (epoch s, float). ``source``: ``"push"`` (a notification) or ``"log"`` (read from the event log
     on collection). The same event arriving both ways is one event: (meter, code, meter_time) is its
     identity.
+
+    A NamedTuple, not a dataclass: a storm's events are built, pickled to the platform
+    (``services.push_process``) and unpickled by the ten thousand a second, and a tuple does each
+    several times faster (500 events unpickled: ~0.5 ms against ~2.5 ms for a frozen dataclass).
     """
 
     meter_id: int
