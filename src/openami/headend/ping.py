@@ -6,9 +6,9 @@ time) and uses fresh invocation counters (``Collector.reserve_block``), recorded
 counter is ever used twice. A round of pings (:func:`ping_many`, the outage engine's) reserves every
 meter's block in one transaction first, and the pings record theirs in group commits of their own
 (``CounterStore.record(background=True)``): one by one, a round's hundreds of reservations and records
-went through the same group commits as on-demand reads. Pings have their own small pool
-of slots per collector, apart from collection and from the command slots, so an outage storm's pings
-never hold up a switch command.
+went through the same group commits as on-demand reads. Pings have their own small pool of slots
+per collector (``PING_SLOTS``), apart from collection and from the command slots, so an outage
+storm's pings never hold up a switch command.
 
 Any answer from the meter counts as "powered", even a refused association or a failed
 authentication (a meter that refuses is a meter with power; the collector reports such failures when
@@ -32,7 +32,12 @@ from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTim
 
 __all__ = ["PING_SLOTS", "ping", "ping_many"]
 
-PING_SLOTS = 256
+PING_SLOTS = 32
+"""Pings in flight at once per collector. A ping's session runs on the platform's event loop like a
+command's, and 256 at once (a storm's early pings, up to ``outages.ping_budget`` of them) put hundreds
+of ready callbacks ahead of each step of every command and on-demand read: a storm's slowest commands
+all fell in that round (0.2-0.6 s against ~0.05 s). With 32 the same round still ends before the
+decision needs it (dark meters refuse at once; traced storms, docs/benchmarks.md)."""
 _log = structlog.get_logger("openami.headend")
 _slots: weakref.WeakKeyDictionary[Collector, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
