@@ -14,6 +14,7 @@ Repositories therefore do their reads and writes as single atomic statements.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from openami.db._sqlite_gate import GatedConnection, bulk_writes
 from openami.errors import InvalidInput, StorageUnavailable
 
-__all__ = ["bulk_writes", "connect_check", "create_engine", "dialect_name", "is_postgres", "placeholder", "safe_url"]
+__all__ = [
+    "bulk_writes", "connect_check", "create_engine", "dialect_name", "insert_many", "is_postgres", "placeholder",
+    "safe_url",
+]  # fmt: skip
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_CACHE_KIB = 65_536
@@ -118,3 +122,53 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
 def placeholder(conn: Connection) -> str:
     """The driver's parameter marker for hand-written multi-row statements (psycopg: format; sqlite3: qmark)."""
     return "%s" if conn.dialect.name == "postgresql" else "?"
+
+
+def insert_many(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    then: str = "",
+    per_statement: int = 1000,
+) -> list[Any]:
+    """INSERT ``rows`` (values in ``columns`` order, every one a parameter), followed by ``then`` (a
+    constant ``ON CONFLICT …``/``RETURNING …`` clause); what a ``RETURNING`` returned, as rows.
+
+    SQLite: multi-row ``VALUES`` lists of ``per_statement`` rows (an ``executemany`` goes to SQLite a
+    row at a time, giving up the GIL at each with the write lock held). PostgreSQL: one array per
+    column, ``SELECT * FROM unnest(…)``: psycopg parses the placeholders of any statement longer than
+    its 4 KB cache limit in Python, each time it runs — a 1,000-row ``VALUES`` list took longer to parse
+    than the server took to insert it (a storm's 54,000 affected meters: 2.9 of 5.2 s).
+    """
+    returned: list[Any] = []
+    postgres = conn.dialect.name == "postgresql"
+    step = per_statement * 10 if postgres else per_statement  # arrays cost no parsing: fewer, larger statements
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        if postgres:
+            sql, params = _unnest_insert(conn, table, columns, chunk)
+        else:
+            marks = "(" + ", ".join(["?"] * len(columns)) + ")"
+            sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([marks] * len(chunk))}"  # noqa: S608
+            params = tuple(value for row in chunk for value in row)
+        result = conn.exec_driver_sql(f"{sql} {then}" if then else sql, params)
+        if result.returns_rows:
+            returned.extend(result.all())
+    return returned
+
+
+def _unnest_insert(
+    conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> tuple[str, tuple[list[Any], ...]]:
+    """PostgreSQL: the statement and one array per column (floats made floats: psycopg types an array by
+    its first element, and an int there would make the column's later floats fail)."""
+    types = [table.c[name].type for name in columns]
+    arrays = tuple(list(column) for column in zip(*rows, strict=True))
+    for i, kind in enumerate(types):
+        if isinstance(kind, sa.Float):
+            arrays[i][:] = [None if v is None else float(v) for v in arrays[i]]
+    casts = ", ".join(f"%s::{kind.compile(dialect=conn.dialect)}[]" for kind in types)
+    # constant table and column names and their types only: every value is a parameter
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({casts})", arrays  # noqa: S608

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from openami.db import tables as t
-from openami.db.engine import placeholder
+from openami.db.engine import insert_many, placeholder
 from openami.domain.meter_events import EventCategory, EventCode, category_of
 
 __all__ = [
@@ -167,15 +167,13 @@ def _insert_new(conn: Connection, rows: Sequence[EventRow]) -> set[tuple[int, in
     """
     if not rows:
         return set()
-    chunks = [_event_parameters(rows[i : i + _INSERT_ROWS]) for i in range(0, len(rows), _INSERT_ROWS)]
     if conn.dialect.name == "sqlite":
+        chunks = [_event_parameters(rows[i : i + _INSERT_ROWS]) for i in range(0, len(rows), _INSERT_ROWS)]
         return _insert_new_sqlite(conn, rows, chunks)
-    inserted: set[tuple[int, int, int]] = set()
-    for count, params in chunks:  # ON CONFLICT … RETURNING: what another transaction stored meanwhile is skipped
-        sql = f"{_insert_sql(conn, count)} ON CONFLICT (meter_id, code, meter_time) DO NOTHING "
-        sql += "RETURNING meter_id, code, meter_time"
-        inserted.update((int(a), int(b), int(c)) for a, b, c in conn.exec_driver_sql(sql, params))
-    return inserted
+    # ON CONFLICT … RETURNING: what another transaction stored meanwhile is skipped
+    values = [(r.meter_id, r.code, _CATEGORY[r.code], r.meter_time, r.received_at, r.source, r.value) for r in rows]
+    then = "ON CONFLICT (meter_id, code, meter_time) DO NOTHING RETURNING meter_id, code, meter_time"
+    return {(int(a), int(b), int(c)) for a, b, c in insert_many(conn, t.meter_events, _COLUMNS, values, then=then)}
 
 
 def _insert_new_sqlite(

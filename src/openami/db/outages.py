@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from openami.db import tables as t
-from openami.db.engine import placeholder
+from openami.db.engine import insert_many
 from openami.domain.outages import DeviceKind, OutageState
 from openami.errors import NotFound
 
@@ -168,15 +168,8 @@ def prepared_record(prepared: PreparedOutage, outage_id: int) -> OutageRecord:
 
 
 def _insert_affected(conn: Connection, outage_id: int, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Multi-row INSERTs of ``_AFFECTED_ROWS``: a feeder outage has hundreds of meters and a storm opens
-    hundreds of outages, and an ``executemany`` goes to SQLite a row at a time, giving up the GIL at
-    each row with the write lock held (``db.meter_events``)."""
-    row_marks = "(" + ", ".join([placeholder(conn)] * len(_AFFECTED_COLUMNS)) + ")"
-    for start in range(0, len(rows), _AFFECTED_ROWS):
-        chunk = rows[start : start + _AFFECTED_ROWS]
-        # constant column names and placeholders only: every value is a parameter
-        sql = f"INSERT INTO outage_meters ({', '.join(_AFFECTED_COLUMNS)}) VALUES {', '.join([row_marks] * len(chunk))}"  # noqa: S608
-        conn.exec_driver_sql(sql, tuple(value for row in chunk for value in (outage_id, *row)))
+    """A feeder outage has hundreds of meters and a storm opens hundreds of outages: ``insert_many``."""
+    insert_many(conn, om, _AFFECTED_COLUMNS, [(outage_id, *row) for row in rows], per_statement=_AFFECTED_ROWS)
 
 
 def get_outage(conn: Connection, outage_id: int) -> OutageRecord:
