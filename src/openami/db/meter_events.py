@@ -336,16 +336,10 @@ def advance_push_counters(conn: Connection, counters: Mapping[tuple[int, int], i
     Multi-row upserts with plain parameters: an ``executemany`` goes to SQLite a row at a time, each
     step giving up the GIL with the write lock held (see ``_insert_new_sqlite``).
     """
-    items = sorted(counters.items())
-    mark = placeholder(conn)
-    for i in range(0, len(items), _INSERT_ROWS):
-        chunk = items[i : i + _INSERT_ROWS]
-        values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(chunk))
-        sql = (
-            f"INSERT INTO push_counters (meter_id, key_version, last_counter, updated_at) VALUES {values} "  # noqa: S608
-            "ON CONFLICT (meter_id, key_version) DO UPDATE SET last_counter = CASE "
-            "WHEN excluded.last_counter > push_counters.last_counter THEN excluded.last_counter "
-            "ELSE push_counters.last_counter END, updated_at = excluded.updated_at"
-        )
-        params = tuple(value for (meter, version), counter in chunk for value in (meter, version, counter, now))
-        conn.exec_driver_sql(sql, params)
+    rows = [(meter, version, counter, now) for (meter, version), counter in sorted(counters.items())]
+    then = (
+        "ON CONFLICT (meter_id, key_version) DO UPDATE SET last_counter = CASE "
+        "WHEN excluded.last_counter > push_counters.last_counter THEN excluded.last_counter "
+        "ELSE push_counters.last_counter END, updated_at = excluded.updated_at"
+    )
+    insert_many(conn, t.push_counters, ("meter_id", "key_version", "last_counter", "updated_at"), rows, then=then)
