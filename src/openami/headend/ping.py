@@ -7,8 +7,8 @@ counter is ever used twice. A round of pings (:func:`ping_many`, the outage engi
 meter's block in one transaction first, and the pings record theirs in group commits of their own
 (``CounterStore.record(background=True)``): one by one, a round's hundreds of reservations and records
 went through the same group commits as on-demand reads. Pings have their own small pool of slots
-per collector (``PING_SLOTS``), apart from collection and from the command slots, so an outage
-storm's pings never hold up a switch command.
+per collector (``PING_SLOTS``, of which ``PING_SESSIONS`` past the connect), apart from collection
+and from the command slots, so an outage storm's pings never hold up a switch command.
 
 Any answer from the meter counts as "powered", even a refused association or a failed
 authentication (a meter that refuses is a meter with power; the collector reports such failures when
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -30,22 +31,33 @@ from openami.protocols.dlms.errors import DlmsError
 from openami.protocols.dlms.obis import CLOCK
 from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTimeoutError
 
-__all__ = ["PING_SLOTS", "ping", "ping_many"]
+__all__ = ["PING_SESSIONS", "PING_SLOTS", "ping", "ping_many"]
 
-PING_SLOTS = 32
-"""Pings in flight at once per collector. A ping's session runs on the platform's event loop like a
-command's, and 256 at once (a storm's early pings, up to ``outages.ping_budget`` of them) put hundreds
-of ready callbacks ahead of each step of every command and on-demand read: a storm's slowest commands
-all fell in that round (0.2-0.6 s against ~0.05 s). With 32 the same round still ends before the
-decision needs it (dark meters refuse at once; traced storms, docs/benchmarks.md)."""
+PING_SLOTS = 256
+"""Pings in flight at once per collector; most of a storm's wait for a meter that does not answer."""
+PING_SESSIONS = 32
+"""Of those, how many are past the TCP connect at once (associating, reading, releasing). A session's
+work runs on the platform's event loop like a command's, and 256 at once (a storm's early pings, up
+to ``outages.ping_budget`` of them) put hundreds of ready callbacks ahead of each step of every
+command and on-demand read: a storm's slowest commands all fell in that round (0.2-0.6 s against
+~0.05 s). A dark meter whose connect times out waits in ``PING_SLOTS`` only, so silence still costs
+``ping_timeout_s`` per 256 meters, not per 32 (docs/benchmarks.md, ninth session)."""
 _log = structlog.get_logger("openami.headend")
-_slots: weakref.WeakKeyDictionary[Collector, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-def _slots_of(collector: Collector) -> asyncio.Semaphore:
+@dataclass(frozen=True, slots=True)
+class _Slots:
+    pings: asyncio.Semaphore
+    sessions: asyncio.Semaphore
+
+
+_slots: weakref.WeakKeyDictionary[Collector, _Slots] = weakref.WeakKeyDictionary()
+
+
+def _slots_of(collector: Collector) -> _Slots:
     slots = _slots.get(collector)
     if slots is None:
-        slots = _slots[collector] = asyncio.Semaphore(PING_SLOTS)
+        slots = _slots[collector] = _Slots(asyncio.Semaphore(PING_SLOTS), asyncio.Semaphore(PING_SESSIONS))
     return slots
 
 
@@ -69,7 +81,8 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
     target = collector.targets.get(meter_id)
     if target is None:
         return False
-    async with _slots_of(collector), collector.meter_lock(meter_id):
+    slots = _slots_of(collector)
+    async with slots.pings, collector.meter_lock(meter_id):
         counters = await collector.reserve_block(meter_id, target.key_version, reserved=reserved)
         settings = ClientSettings.management(
             target.host,
@@ -84,8 +97,7 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
         client = DlmsClient(settings)
         try:
             async with asyncio.timeout(timeout_s * 3):  # connect, associate, read, release: bounded as a whole
-                async with client:
-                    await client.get(CLOCK, 8, 2)
+                await _session(client, slots.sessions)
         except (DlmsTimeoutError, ConnectionClosedError, TimeoutError, OSError):
             answered = False
         except DlmsError:
@@ -103,3 +115,17 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
             )
     _log.debug("headend.ping", meter_id=meter_id, answered=answered)
     return answered
+
+
+async def _session(client: DlmsClient, sessions: asyncio.Semaphore) -> None:
+    """Connect (outside ``sessions``: a silent meter only waits), then associate, read the clock and
+    release within one of ``sessions``."""
+    await client.open()
+    ok = False
+    try:
+        async with sessions:
+            await client.associate()
+            await client.get(CLOCK, 8, 2)
+            ok = True
+    finally:
+        await client.close(release=ok)

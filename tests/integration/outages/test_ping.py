@@ -5,6 +5,8 @@ answers in order, blocks reserved for the round in one go and never reused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from openami.db.tables import invocation_counters
-from openami.headend.ping import ping, ping_many
+from openami.headend.ping import PING_SESSIONS, ping, ping_many
 from openami.services.bootstrap import build_platform, stop_platform
 from openami.services.meters import import_commissioning, load_targets
 from openami.settings import Settings
@@ -72,6 +74,65 @@ async def test_a_round_of_pings_answers_in_order_with_counters_reserved_once_and
         stop.set()
         await task
         await stop_platform(platform)
+
+
+async def test_meters_silent_at_the_connect_do_not_hold_back_a_meter_that_answers(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """More silent meters than ``PING_SESSIONS`` ahead of one that answers: its ping is not queued behind
+    their timeouts (a silent meter waits in ``PING_SLOTS``, not in the sessions' limit)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    fillers = _fill_accept_queue(silent.getsockname())  # the kernel now drops SYNs: connects hang, as to a dark meter
+    platform = build_platform(Settings(data_dir=tmp_path), engine=engine)
+    local = LocalFleetControl()
+    stop = asyncio.Event()
+    ready: asyncio.Future[Fleet] = asyncio.get_running_loop().create_future()
+    config = FleetConfig(meters=1, seed=9, port=0, single_address=True, days=1, flaky_fraction=0)
+    task = asyncio.create_task(run_fleet_in_process(config, stop, ready, control=local))
+    try:
+        fleet = await ready
+        document = commissioning_document(fleet)
+        host, port = silent.getsockname()
+        for n in range(PING_SESSIONS + 8):
+            document["meters"].append({
+                "serial": f"SILENT{n:04d}", "kind": "electric", "customer_class": "residential", "host": host,
+                "port": port, "system_title": f"4F414D00{n:08X}", "model": "test", "firmware": "1.0",
+                "service_point_id": None, "keys": KEYS,
+            })  # fmt: skip
+        ids = import_commissioning(engine, platform.keystore, document, now=datetime.now(UTC))
+        platform.collector.targets = load_targets(engine, platform.keystore)
+        dark = [ids[f"SILENT{n:04d}"] for n in range(PING_SESSIONS + 8)]
+        alive = ids[fleet.meters[0].serial]
+        finished: list[int] = []
+
+        async def one(meter_id: int) -> bool:
+            answered = await ping(platform.collector, meter_id, timeout_s=2.0)
+            finished.append(meter_id)
+            return answered
+
+        answers = await asyncio.gather(*(one(m) for m in [*dark, alive]))  # the answering meter asked last
+        assert answers == [False] * len(dark) + [True]
+        assert finished[0] == alive
+    finally:
+        stop.set()
+        await task
+        await stop_platform(platform)
+        for sock in (*fillers, silent):
+            sock.close()
+
+
+def _fill_accept_queue(address: tuple[str, int]) -> list[socket.socket]:
+    """Connections nobody accepts, until the listener's accept queue is full."""
+    fillers = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(address)
+        fillers.append(sock)
+    return fillers
 
 
 def _next_counter(engine: Engine, meter_id: int) -> int:

@@ -152,13 +152,22 @@ class DlmsClient:
     # ------------------------------------------------------------------------------ association
 
     async def connect(self) -> None:
-        """Open TCP and establish the association (HLS passes included).
+        """Open TCP and establish the association (HLS passes included): ``open`` then ``associate``.
 
         Raises AssociationRejectedError (with the AARE diagnostic), HlsAuthenticationError,
         DlmsTimeoutError, ConnectionClosedError or another DlmsError.
         """
+        await self.open()
+        await self.associate()
+
+    async def open(self) -> None:
+        """Open the TCP connection only (DlmsTimeoutError, ConnectionClosedError): a caller that limits
+        how many sessions work at once can let the waiting for silent meters happen outside the limit."""
         s = self.settings
         self._stream = await open_stream(s.host, s.port, connect_timeout_s=s.timeout_s)
+
+    async def associate(self) -> None:
+        """Establish the association on the open connection (raises as ``connect``)."""
         event = await self._exchange(self._connection.send(Associate()))
         if isinstance(event, AssociationRejected):
             self._close_stream()
