@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,28 +52,23 @@ async def test_a_round_of_pings_answers_in_order_with_counters_reserved_once_and
 ) -> None:
     platform = build_platform(Settings(data_dir=tmp_path), engine=engine)
     local = LocalFleetControl()
-    stop = asyncio.Event()
-    ready: asyncio.Future[Fleet] = asyncio.get_running_loop().create_future()
     config = FleetConfig(meters=3, seed=8, port=0, single_address=True, days=1, flaky_fraction=0)
-    task = asyncio.create_task(run_fleet_in_process(config, stop, ready, control=local))
     try:
-        fleet = await ready
-        ids = import_commissioning(engine, platform.keystore, commissioning_document(fleet), now=datetime.now(UTC))
-        platform.collector.targets = load_targets(engine, platform.keystore)
-        meters = [ids[m.serial] for m in fleet.meters]
-        assert local.control("power-fail", [fleet.meters[1].index], last_gasp_share=0.0, seed=1) == 1
-        order = [meters[2], meters[1], max(meters) + 1000, meters[0]]  # one unknown: not pinged, False
-        assert await ping_many(platform.collector, order, timeout_s=1.0) == [True, False, False, True]
-        before = {m: _next_counter(engine, m) for m in meters}
-        # a second round reserves fresh blocks: the meters would refuse a counter used before as a replay
-        assert await ping_many(platform.collector, order, timeout_s=1.0) == [True, False, False, True]
-        assert all(_next_counter(engine, m) > before[m] for m in meters)
-        # a session in between (a single ping) makes nothing stale for the next round either
-        assert await ping(platform.collector, meters[0], timeout_s=1.0) is True
-        assert await ping_many(platform.collector, [meters[0]], timeout_s=1.0) == [True]
+        async with _fleet(config, local) as fleet:
+            ids = import_commissioning(engine, platform.keystore, commissioning_document(fleet), now=datetime.now(UTC))
+            platform.collector.targets = load_targets(engine, platform.keystore)
+            meters = [ids[m.serial] for m in fleet.meters]
+            assert local.control("power-fail", [fleet.meters[1].index], last_gasp_share=0.0, seed=1) == 1
+            order = [meters[2], meters[1], max(meters) + 1000, meters[0]]  # one unknown: not pinged, False
+            assert await ping_many(platform.collector, order, timeout_s=1.0) == [True, False, False, True]
+            before = {m: _next_counter(engine, m) for m in meters}
+            # a second round reserves fresh blocks: the meters would refuse a counter used before as a replay
+            assert await ping_many(platform.collector, order, timeout_s=1.0) == [True, False, False, True]
+            assert all(_next_counter(engine, m) > before[m] for m in meters)
+            # a session in between (a single ping) makes nothing stale for the next round either
+            assert await ping(platform.collector, meters[0], timeout_s=1.0) is True
+            assert await ping_many(platform.collector, [meters[0]], timeout_s=1.0) == [True]
     finally:
-        stop.set()
-        await task
         await stop_platform(platform)
 
 
@@ -86,41 +82,48 @@ async def test_meters_silent_at_the_connect_do_not_hold_back_a_meter_that_answer
     silent.listen(0)
     fillers = _fill_accept_queue(silent.getsockname())  # the kernel now drops SYNs: connects hang, as to a dark meter
     platform = build_platform(Settings(data_dir=tmp_path), engine=engine)
-    local = LocalFleetControl()
-    stop = asyncio.Event()
-    ready: asyncio.Future[Fleet] = asyncio.get_running_loop().create_future()
     config = FleetConfig(meters=1, seed=9, port=0, single_address=True, days=1, flaky_fraction=0)
-    task = asyncio.create_task(run_fleet_in_process(config, stop, ready, control=local))
     try:
-        fleet = await ready
-        document = commissioning_document(fleet)
-        host, port = silent.getsockname()
-        for n in range(PING_SESSIONS + 8):
-            document["meters"].append({
-                "serial": f"SILENT{n:04d}", "kind": "electric", "customer_class": "residential", "host": host,
-                "port": port, "system_title": f"4F414D00{n:08X}", "model": "test", "firmware": "1.0",
-                "service_point_id": None, "keys": KEYS,
-            })  # fmt: skip
-        ids = import_commissioning(engine, platform.keystore, document, now=datetime.now(UTC))
-        platform.collector.targets = load_targets(engine, platform.keystore)
-        dark = [ids[f"SILENT{n:04d}"] for n in range(PING_SESSIONS + 8)]
-        alive = ids[fleet.meters[0].serial]
-        finished: list[int] = []
+        async with _fleet(config, LocalFleetControl()) as fleet:
+            document = commissioning_document(fleet)
+            host, port = silent.getsockname()
+            for n in range(PING_SESSIONS + 8):
+                document["meters"].append({
+                    "serial": f"SILENT{n:04d}", "kind": "electric", "customer_class": "residential", "host": host,
+                    "port": port, "system_title": f"4F414D00{n:08X}", "model": "test", "firmware": "1.0",
+                    "service_point_id": None, "keys": KEYS,
+                })  # fmt: skip
+            ids = import_commissioning(engine, platform.keystore, document, now=datetime.now(UTC))
+            platform.collector.targets = load_targets(engine, platform.keystore)
+            dark = [ids[f"SILENT{n:04d}"] for n in range(PING_SESSIONS + 8)]
+            alive = ids[fleet.meters[0].serial]
+            finished: list[int] = []
 
-        async def one(meter_id: int) -> bool:
-            answered = await ping(platform.collector, meter_id, timeout_s=2.0)
-            finished.append(meter_id)
-            return answered
+            async def one(meter_id: int) -> bool:
+                answered = await ping(platform.collector, meter_id, timeout_s=2.0)
+                finished.append(meter_id)
+                return answered
 
-        answers = await asyncio.gather(*(one(m) for m in [*dark, alive]))  # the answering meter asked last
-        assert answers == [False] * len(dark) + [True]
-        assert finished[0] == alive
+            answers = await asyncio.gather(*(one(m) for m in [*dark, alive]))  # the answering meter asked last
+            assert answers == [False] * len(dark) + [True]
+            assert finished[0] == alive
     finally:
-        stop.set()
-        await task
         await stop_platform(platform)
         for sock in (*fillers, silent):
             sock.close()
+
+
+@contextlib.asynccontextmanager
+async def _fleet(config: FleetConfig, control: LocalFleetControl) -> AsyncIterator[Fleet]:
+    """A simulated fleet in this process, for as long as the block runs."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[Fleet] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_fleet_in_process(config, stop, ready, control=control))
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await task
 
 
 def _fill_accept_queue(address: tuple[str, int]) -> list[socket.socket]:
