@@ -96,8 +96,7 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
         )
         client = DlmsClient(settings)
         try:
-            async with asyncio.timeout(timeout_s * 3):  # connect, associate, read, release: bounded as a whole
-                await _session(client, slots.sessions)
+            await _session(client, slots.sessions, bound_s=timeout_s * 3)
         except (DlmsTimeoutError, ConnectionClosedError, TimeoutError, OSError):
             answered = False
         except DlmsError:
@@ -117,15 +116,16 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
     return answered
 
 
-async def _session(client: DlmsClient, sessions: asyncio.Semaphore) -> None:
-    """Connect (outside ``sessions``: a silent meter only waits), then associate, read the clock and
-    release within one of ``sessions``."""
-    await client.open()
-    ok = False
+async def _session(client: DlmsClient, sessions: asyncio.Semaphore, *, bound_s: float) -> None:
+    """Connect, then associate, read the clock and release within one of ``sessions``. The connect and
+    the session are each bounded by ``bound_s``: a silent meter waits in its connect, outside
+    ``sessions``, and waiting for a session slot is never taken for silence."""
+    async with asyncio.timeout(bound_s):
+        await client.open()
     try:
-        async with sessions:
+        async with sessions, asyncio.timeout(bound_s):
             await client.associate()
             await client.get(CLOCK, 8, 2)
-            ok = True
+            await client.close(release=True)
     finally:
-        await client.close(release=ok)
+        await client.close(release=False)  # after a failure; after the release, the connection is closed already

@@ -113,6 +113,24 @@ async def test_meters_silent_at_the_connect_do_not_hold_back_a_meter_that_answer
             sock.close()
 
 
+async def test_a_ping_waiting_for_a_session_slot_is_not_taken_for_silence(engine: Engine, tmp_path: Path) -> None:
+    """Four times ``PING_SESSIONS`` answering meters, each session ~1 s: the last ones wait ~3 s for a
+    slot, longer than a session's bound (3 x 1 s), which runs from when the session starts."""
+    platform = build_platform(Settings(data_dir=tmp_path), engine=engine)
+    local = LocalFleetControl()
+    config = FleetConfig(meters=PING_SESSIONS * 4, seed=10, port=0, single_address=True, days=1, flaky_fraction=0)
+    try:
+        async with _fleet(config, local) as fleet:
+            for meter in local.hosted.meters.values():
+                meter.faults.latency_s = 0.25  # every answer: associate (2 exchanges), read, release ~1 s
+            ids = import_commissioning(engine, platform.keystore, commissioning_document(fleet), now=datetime.now(UTC))
+            platform.collector.targets = load_targets(engine, platform.keystore)
+            meters = [ids[m.serial] for m in fleet.meters]
+            assert await ping_many(platform.collector, meters, timeout_s=1.0) == [True] * len(meters)
+    finally:
+        await stop_platform(platform)
+
+
 @contextlib.asynccontextmanager
 async def _fleet(config: FleetConfig, control: LocalFleetControl) -> AsyncIterator[Fleet]:
     """A simulated fleet in this process, for as long as the block runs."""
