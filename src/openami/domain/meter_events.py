@@ -87,7 +87,7 @@ class MeterEvent(NamedTuple):
 
     A NamedTuple, not a dataclass: a storm's events are built, pickled to the platform
     (``services.push_process``) and unpickled by the ten thousand a second, and a tuple does each
-    several times faster (500 events unpickled: ~0.5 ms against ~2.5 ms for a frozen dataclass).
+    several times faster (500 events unpickled offline: ~0.25 ms, against ~1.7 ms as frozen dataclasses).
     """
 
     meter_id: int
