@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -14,6 +15,7 @@ from openami.db._upsert import insert_on_conflict
 from openami.errors import NotFound
 
 __all__ = [
+    "Change",
     "Delivery",
     "Webhook",
     "active_webhooks",
@@ -41,6 +43,14 @@ class Webhook:
     created_by: str
     created_at: datetime
     removed_at: datetime | None
+
+
+class Change(NamedTuple):
+    """One outage change to deliver: the outage, its version, the JSON body."""
+
+    outage_id: int
+    version: int
+    payload: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +121,12 @@ def remove_webhook(conn: Connection, webhook_id: int, *, now: datetime) -> None:
     conn.execute(query.values(state="failed", last_error="endpoint removed"))
 
 
-def enqueue(
-    conn: Connection, webhook_ids: Sequence[int], *, outage_id: int, version: int, payload: str, now: datetime
-) -> int:
-    """One pending delivery per endpoint for this outage change (a repeated change adds nothing)."""
+def enqueue(conn: Connection, webhook_ids: Sequence[int], changes: Sequence[Change], *, now: datetime) -> int:
+    """One pending delivery per endpoint for each outage change (a repeated change adds nothing)."""
     rows = [
-        {"webhook_id": i, "outage_id": outage_id, "outage_version": version, "payload": payload, "state": "pending",
-         "attempts": 0, "next_attempt_at": now, "created_at": now}
+        {"webhook_id": i, "outage_id": change.outage_id, "outage_version": change.version, "payload": change.payload,
+         "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
+        for change in changes
         for i in webhook_ids
     ]  # fmt: skip
     return insert_on_conflict(conn, d, rows, key=("webhook_id", "outage_id", "outage_version"))

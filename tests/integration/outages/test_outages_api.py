@@ -5,6 +5,7 @@ real HTTP receiver on loopback, retried after a failing first attempt."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import time
 from collections.abc import AsyncIterator
@@ -195,6 +196,33 @@ async def test_webhooks_are_signed_retried_after_a_failure_and_recorded(
         (delivery,) = webhook_repo.deliveries(conn, made.json()["id"])
     assert (delivery.state, delivery.attempts, delivery.last_status) == ("delivered", 2, 204)
     assert headers["x-openami-delivery"] == str(delivery.id)
+
+
+async def test_a_burst_of_changes_reaches_every_endpoints_outbox_even_when_the_dispatcher_stops_at_once(
+    api: tuple[str, Platform, str],  # noqa: F811
+) -> None:
+    _base, platform, _token = api
+    ids = add_grid_meters(platform.engine)
+    port = _free_port()  # nothing listens: the deliveries stay in the outbox (pending or failed)
+    hooks = [
+        webhook_services.register(platform, TOKEN_ADMIN_OPS, name=name, url=f"http://127.0.0.1:{port}/hook").webhook.id
+        for name in ("oms", "dms")
+    ]
+    settings = OutageSettings(webhook_backoff_s=60, webhook_attempts=2)
+    dispatcher = WebhookDispatcher(platform.engine, platform.keystore, platform.bus, settings, now=platform.now)
+    await dispatcher.start()
+    outage_id = _outage(platform, ids, "SS1-F2", "SS1")
+    with platform.engine.connect() as conn:
+        record = repo.get_outage(conn, outage_id)
+    try:
+        for version in range(1, 151):  # a storm's burst, handed over faster than it is written
+            await dispatcher.handle(changed(dataclasses.replace(record, version=version), "updated", datetime.now(UTC)))
+    finally:
+        await dispatcher.stop()
+    with platform.engine.connect() as conn:
+        for hook in hooks:
+            versions = sorted(delivery.outage_version for delivery in webhook_repo.deliveries(conn, hook, limit=1000))
+            assert versions == list(range(1, 151))
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
