@@ -13,6 +13,7 @@ Repositories therefore do their reads and writes as single atomic statements.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,7 +153,7 @@ def insert_many(
         else:
             marks = "(" + ", ".join(["?"] * len(columns)) + ")"
             sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([marks] * len(chunk))}"  # noqa: S608
-            params = tuple(value for row in chunk for value in row)
+            params = tuple(itertools.chain.from_iterable(chunk))
         result = conn.exec_driver_sql(f"{sql} {then}" if then else sql, params)
         if result.returns_rows:
             returned.extend(result.all())

@@ -108,6 +108,7 @@ def _record(row: Any) -> OutageRecord:
     return OutageRecord(**values)
 
 
+_INSERT_OUTAGE = sa.insert(o).returning(o.c.id)
 _AFFECTED_ROWS = 1000  # rows per multi-row INSERT: 8,000 parameters, inside both databases' limits
 _AFFECTED_COLUMNS = (
     "outage_id", "meter_id", "state", "last_gasp", "premise_id", "critical_care", "restored_at", "restored_by",
@@ -153,7 +154,9 @@ def insert_outage(conn: Connection, outage: NewOutage, meters: Sequence[Affected
 
 def insert_prepared(conn: Connection, prepared: PreparedOutage) -> int:
     """Write a prepared outage and its meters; returns its id."""
-    outage_id = int(conn.execute(sa.insert(o).values(**prepared.values).returning(o.c.id)).scalar_one())
+    # the values as parameters of one compiled statement (cached): built with .values(), the statement
+    # was a new construct for each of a storm's hundreds of outages
+    outage_id = int(conn.execute(_INSERT_OUTAGE, prepared.values).scalar_one())
     _insert_affected(conn, outage_id, prepared.rows)
     return outage_id
 
