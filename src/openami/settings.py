@@ -252,8 +252,8 @@ class OutageSettings(BaseModel):
 
     Last gasps are grouped until ``quiet_s`` pass without a new one, or ``settle_s`` after the first
     (``storm_settle_s`` once the group holds ``storm_gasps``; such a storm's group is inferred every
-    ``storm_check_s`` from ``settle_s`` on, and decided as soon as two inferences name the same devices
-    while the group grew by a tenth between them: a picture that holds only because gasps stalled proves nothing);
+    ``storm_check_s`` from ``settle_s`` on, and decided as soon as the inferences have named the same
+    devices while the group grew by a tenth: a picture that holds only because gasps stalled proves nothing);
     the inference (``min_delivery``, ``spurious``, ``device_prior``) then names the failed devices, and
     up to ``ping_sample`` meters inside and ``ping_sample`` around each are pinged (``ping_timeout_s``)
     to confirm, at most ``confirm_rounds`` times and at most ``ping_budget`` meters a round (the biggest

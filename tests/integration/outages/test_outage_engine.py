@@ -280,9 +280,9 @@ CHECKED = FAST.model_copy(update={"storm_gasps": 10, "storm_settle_s": 20.0, "qu
 FEEDERS = {("feeder", "SS1-F1"), ("feeder", "SS2-F1")}
 
 
-async def _gasp_on(world: World, meters: list[int]) -> None:
-    """After each provisional inference, 4 more gasps of ``meters`` (the storm still arriving, the
-    group growing by over a tenth), until both feeders' outages are open."""
+async def _gasp_on(world: World, meters: list[int], *, per_check: int = 4) -> None:
+    """After each provisional inference, ``per_check`` more gasps of ``meters`` (the storm still
+    arriving; 4: the group grows by over a tenth a check), until both feeders' outages are open."""
 
     def opened() -> bool:
         return _devices(_outages(world, "open")) >= FEEDERS
@@ -290,8 +290,8 @@ async def _gasp_on(world: World, meters: list[int]) -> None:
     sent = 0
     while not opened():
         await _until(functools.partial(_checked_after, world, world.engine.checks, opened), "a check")
-        await world.events(EventCode.POWER_DOWN, meters[sent : sent + 4])
-        sent += 4
+        await world.events(EventCode.POWER_DOWN, meters[sent : sent + per_check])
+        sent += per_check
 
 
 def _checked_after(world: World, checks: int, opened: Callable[[], bool]) -> bool:
@@ -308,6 +308,22 @@ async def test_a_storm_group_is_decided_once_two_provisional_inferences_name_the
     await _gasp_on(world, [m for m in meters if m not in first])
     # settle_s (0.6 s) and a check or two later, not the 20 s of the storm's settle window or quiet time
     assert time.monotonic() - started < CHECKED.quiet_s / 2
+    assert world.engine.decisions == 1
+    assert _devices(_outages(world, "open")) == FEEDERS
+
+
+@pytest.mark.parametrize("outage_settings", [CHECKED], indirect=True)
+async def test_a_storm_group_growing_by_less_than_a_tenth_a_check_is_decided_once_it_grew_a_tenth_in_all(
+    world: World,
+) -> None:
+    meters = feeder_meters(world.ids, "SS1-F1") + feeder_meters(world.ids, "SS2-F1")
+    world.power_off(meters)
+    first = _share(meters, 0.4, 3)
+    started = time.monotonic()
+    await world.events(EventCode.POWER_DOWN, first)
+    await _gasp_on(world, [m for m in meters if m not in first], per_check=1)  # under a tenth of the group a check
+    assert len(first) > 10
+    assert time.monotonic() - started < CHECKED.quiet_s / 2  # not the storm's 20 s settle window
     assert world.engine.decisions == 1
     assert _devices(_outages(world, "open")) == FEEDERS
 
