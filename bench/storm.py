@@ -56,6 +56,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))  # tests/pg.py for a private PostgreSQ
 
 from _common import command_bench_settings  # noqa: E402
 from openami import logging as oam_logging  # noqa: E402
+from openami.bus.topics import OUTAGES_CHANGED  # noqa: E402
 from openami.cli import loop  # noqa: E402
 from openami.db import outages as outage_repo  # noqa: E402
 from openami.db.engine import create_engine  # noqa: E402
@@ -63,6 +64,7 @@ from openami.db.meters import meter_ids_by_serial  # noqa: E402
 from openami.db.migrations import upgrade  # noqa: E402
 from openami.db.tables import meter_events, outages  # noqa: E402
 from openami.domain.meter_events import EventCode  # noqa: E402
+from openami.domain.outages import OutageChanged  # noqa: E402
 from openami.errors import MeterCommunicationError, OpenAmiError  # noqa: E402
 from openami.headend.events import PipelineStats  # noqa: E402
 from openami.security import command_authority  # noqa: E402
@@ -107,6 +109,7 @@ class Probes:
         self.switch_ids = list(switch_ids)
         self.failures = 0
         self.slowest: dict[str, float] = {}  # where the slowest command's time went
+        self.timeline: list[tuple[str, float, float]] = []  # (kind, wall-clock start, seconds) of each probe
 
     async def read(self, meter_id: int, into: list[float]) -> None:
         started = time.perf_counter()
@@ -115,7 +118,9 @@ class Probes:
         except MeterCommunicationError:
             self.failures += 1
             return
-        into.append(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        into.append(took)
+        self.timeline.append(("read", time.time() - took, took))
 
     async def command(self, meter_id: int, command: str, into: list[float]) -> None:
         started = time.perf_counter()
@@ -133,6 +138,7 @@ class Probes:
             return
         took = time.perf_counter() - started
         into.append(took)
+        self.timeline.append(("command", time.time() - took, took))
         if took > self.slowest.get("total_s", 0.0) and done.sent_at and done.confirmed_at:
             self.slowest = {
                 "total_s": round(took, 3),
@@ -338,6 +344,12 @@ async def _storm(
     async def locate() -> None:
         located.append(await _until("the outage records", correct, args.timeout_s, console))
 
+    changes: list[tuple[float, str]] = []  # the OMS feed as it goes: when the engine's writes were done
+
+    async def note_change(message: OutageChanged) -> None:
+        changes.append((time.time(), message.change))
+
+    unsubscribe = platform.bus.subscribe(OUTAGES_CHANGED, note_change)
     locator = asyncio.create_task(locate())
     storm_over = asyncio.Event()
     prober = asyncio.create_task(probes.run(reads, commands, storm_over.is_set, **_rates(args)))
@@ -357,6 +369,7 @@ async def _storm(
         "failed_meters": len(failing),
         "last_gasps_sent": gasps,
         "located_s": None if located[0] is None or first is None else round(located[0] - first, 2),
+        "decision": {} if platform.outages is None else platform.outages.last_decision,  # the steps' seconds
     }
     console.print(f"restoration: {len(failing) - len(dark)} meters back, {len(dark)} left dark")
     if first is not None:  # power back within momentary_s of the failure is a momentary outage, by definition
@@ -375,6 +388,9 @@ async def _storm(
             result["not_restored"] = [list(row) for row in conn.execute(query).all()[:10]]
     storm_over.set()
     await prober
+    unsubscribe()
+    if first is not None:
+        result["timeline"] = _timeline(changes, [p for p in probes.timeline if p[1] >= storm_started], first)
     result.update({**_summary("read_storm", reads), **_summary("command_storm", commands),
                    "reads_during_storm": len(reads), "commands_during_storm": len(commands)})  # fmt: skip
     with platform.engine.connect() as conn:
@@ -391,6 +407,26 @@ async def _storm(
         "still_dark_correct": still == dark,
     })  # fmt: skip
     return result
+
+
+def _timeline(
+    changes: Sequence[tuple[float, str]], probes: Sequence[tuple[str, float, float]], first: float
+) -> dict[str, Any]:
+    """Where the storm's time went, in seconds from the first last gasp: the published outage changes
+    (a burst of one kind is one write of the engine: its first and last message and how many) and the
+    slowest probes with their start, to tell which of the engine's steps they fell in."""
+    bursts: list[list[Any]] = []
+    for at, change in changes:
+        rel = round(at - first, 2)
+        if bursts and bursts[-1][0] == change and rel - bursts[-1][2] < 0.5:
+            bursts[-1][2], bursts[-1][3] = rel, bursts[-1][3] + 1
+        else:
+            bursts.append([change, rel, rel, 1])
+    slowest = sorted(probes, key=lambda p: -p[2])[:12]
+    return {
+        "changes": bursts,
+        "slow_probes": [[kind, round(start - first, 2), round(took, 3)] for kind, start, took in slowest],
+    }
 
 
 def _probe_sample(fleet: Fleet, args: argparse.Namespace) -> list[int]:
