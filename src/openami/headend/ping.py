@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -61,15 +61,28 @@ def _slots_of(collector: Collector) -> _Slots:
     return slots
 
 
-async def ping_many(collector: Collector, meter_ids: Sequence[int], *, timeout_s: float) -> list[bool]:
+async def ping_many(
+    collector: Collector,
+    meter_ids: Sequence[int],
+    *,
+    timeout_s: float,
+    on_answer: Callable[[int, bool], None] | None = None,
+) -> list[bool]:
     """:func:`ping` each meter (at most ``PING_SLOTS`` at once), answers in the order given; the blocks
-    of counters are reserved for all of them in one transaction before the first ping."""
+    of counters are reserved for all of them in one transaction before the first ping. ``on_answer``
+    hears each meter's answer as it comes (a round lasts as long as its slowest meter)."""
     versions = {m: collector.targets[m].key_version for m in meter_ids if m in collector.targets}
     reserved = await collector.counters.reserve_many(sorted(versions), versions) if versions else {}
     mark = collector.counters.mark()  # after the reservation: an operation on a meter since makes its block stale
     blocks = {m: ReservedBlock(first, server, versions[m], mark) for m, (first, server) in reserved.items()}
-    pings = (ping(collector, m, timeout_s=timeout_s, reserved=blocks.get(m)) for m in meter_ids)
-    return list(await asyncio.gather(*pings))
+
+    async def one(meter_id: int) -> bool:
+        answered = await ping(collector, meter_id, timeout_s=timeout_s, reserved=blocks.get(meter_id))
+        if on_answer is not None:
+            on_answer(meter_id, answered)
+        return answered
+
+    return list(await asyncio.gather(*(one(m) for m in meter_ids)))
 
 
 async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserved: ReservedBlock | None = None) -> bool:

@@ -107,6 +107,14 @@ async def test_meters_silent_at_the_connect_do_not_hold_back_a_meter_that_answer
             answers = await asyncio.gather(*(one(m) for m in [*dark, alive]))  # the answering meter asked last
             assert answers == [False] * len(dark) + [True]
             assert finished[0] == alive
+            # a round tells each answer as it comes: the answering meter's long before the silent ones'
+            heard: list[tuple[int, bool]] = []
+            answers = await ping_many(
+                platform.collector, [*dark, alive], timeout_s=1.0, on_answer=lambda m, up: heard.append((m, up))
+            )
+            assert answers == [False] * len(dark) + [True]
+            assert heard[0] == (alive, True)
+            assert sorted(heard) == sorted(zip([*dark, alive], answers, strict=True))
     finally:
         await stop_platform(platform)
         for sock in (*fillers, silent):
