@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from openami.db.engine import placeholder
+from openami.db.engine import insert_many
 from openami.db.tables import UtcDateTime
 from openami.db.tables import invocation_counters as ic
 
@@ -157,22 +157,23 @@ def advance_many(
     """``advance`` for many meters: rows are (meter_id, client_ic_next, server_ic_last, key_version or
     None), with the same never-backwards rule as ``advance``; rows without a key version first.
 
-    Multi-row upserts, not ``executemany``: that goes to SQLite a row at a time, each step giving up
-    the GIL with the write lock held (``db.meter_events``). A meter appears once per statement
+    Multi-row upserts (``insert_many``: ``VALUES`` lists on SQLite, arrays on PostgreSQL, where psycopg
+    parsed a long ``VALUES`` list's placeholders in Python at every execution), not ``executemany``:
+    that goes to SQLite a row at a time, each step giving up the GIL with the write lock held
+    (``db.meter_events``). A meter appears once per statement
     (PostgreSQL refuses to update a row twice in one): its later rows go in later statements, in order.
     """
     stamp = _bind_now(conn, now)
-    plain = [(m, c, sv, stamp) for m, c, sv, k in rows if k is None]
-    keyed = [(m, c, sv, stamp, k) for m, c, sv, k in rows if k is not None]
+    plain = [(m, 0 if c is None else c, sv, stamp) for m, c, sv, k in rows if k is None]
+    keyed = [(m, 0 if c is None else c, sv, stamp, k) for m, c, sv, k in rows if k is not None]
     for values in _rounds(plain):
-        _insert_rows(conn, _ADVANCE_COLUMNS, "({m}, COALESCE({m}, 0), {m}, {m})", _ADVANCE_SET, values)
+        insert_many(conn, ic, _ADVANCE_COLUMNS.split(", "), values, then=_ADVANCE_SET, per_statement=_UPSERT_ROWS)
     for values in _rounds(keyed):
-        _insert_rows(
-            conn, _ADVANCE_FOR_KEY_COLUMNS, "({m}, COALESCE({m}, 0), {m}, {m}, {m})", _ADVANCE_FOR_KEY_SET, values
-        )
+        columns = _ADVANCE_FOR_KEY_COLUMNS.split(", ")
+        insert_many(conn, ic, columns, values, then=_ADVANCE_FOR_KEY_SET, per_statement=_UPSERT_ROWS)
 
 
-_UPSERT_ROWS = 500  # rows per multi-row statement (2,500 parameters at most)
+_UPSERT_ROWS = 500  # rows per multi-row statement on SQLite (2,500 parameters at most); arrays on PostgreSQL
 
 
 def _rounds(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
@@ -186,16 +187,6 @@ def _rounds(rows: Sequence[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
             rounds.append([])
         rounds[n].append(row)
     return rounds
-
-
-def _insert_rows(conn: Connection, columns: str, row: str, conflict: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """INSERT ``rows`` into ``columns``, each as the ``row`` template (``{m}``: a parameter), then ``conflict``."""
-    row_marks = row.format(m=placeholder(conn))
-    for i in range(0, len(rows), _UPSERT_ROWS):
-        chunk = rows[i : i + _UPSERT_ROWS]
-        # constant column lists, templates, clauses and placeholders only: every value is a parameter
-        sql = f"INSERT INTO invocation_counters ({columns}) VALUES {', '.join([row_marks] * len(chunk))} {conflict}"  # noqa: S608
-        conn.exec_driver_sql(sql, tuple(value for values in chunk for value in values))
 
 
 def _bind_now(conn: Connection, now: datetime) -> Any:
@@ -217,8 +208,9 @@ def reserve_client_ics_many(
     ordered = sorted(set(meter_ids))
     if ordered:  # a row for every meter (multi-row, as advance_many)
         stamp = _bind_now(conn, now)
-        rows = [(m, stamp) for m in ordered]
-        _insert_rows(conn, _ADVANCE_COLUMNS, "({m}, 0, NULL, {m})", "ON CONFLICT (meter_id) DO NOTHING", rows)
+        rows = [(m, 0, None, stamp) for m in ordered]
+        conflict = "ON CONFLICT (meter_id) DO NOTHING"
+        insert_many(conn, ic, _ADVANCE_COLUMNS.split(", "), rows, then=conflict, per_statement=_UPSERT_ROWS)
     for i in range(0, len(ordered), 500):
         chunk = ordered[i : i + 500]
         conn.execute(
