@@ -846,8 +846,10 @@ outages = sa.Table(
 outage_meters = sa.Table(
     "outage_meters",
     metadata,
-    sa.Column("outage_id", Id, sa.ForeignKey("outages.id"), primary_key=True),
-    sa.Column("meter_id", MeterId(), sa.ForeignKey("meters.id"), primary_key=True, index=True),
+    # no foreign keys (migration 0014, as ADR 0003 for readings): written only with their outage, in
+    # its transaction, and a storm writes 54,000 of them; meters and outages are never deleted
+    sa.Column("outage_id", Id, primary_key=True),
+    sa.Column("meter_id", MeterId(), primary_key=True, index=True),
     sa.Column("state", sa.String(16), nullable=False),  # dark, restored, still-dark
     sa.Column("last_gasp", sa.Boolean(), nullable=False),  # it sent one (the others were inferred)
     sa.Column("premise_id", sa.String(32), nullable=True),
