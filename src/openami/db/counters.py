@@ -55,6 +55,8 @@ _ADVANCE = sa.text(  # constant fragments only
 ).bindparams(sa.bindparam("now", type_=UtcDateTime()))
 
 _ADVANCE_FOR_KEY_COLUMNS = "meter_id, client_ic_next, server_ic_last, updated_at, key_version"
+_ADVANCE_NAMES = tuple(_ADVANCE_COLUMNS.split(", "))  # the same, for insert_many
+_ADVANCE_FOR_KEY_NAMES = tuple(_ADVANCE_FOR_KEY_COLUMNS.split(", "))
 _ADVANCE_FOR_KEY_SET = """ON CONFLICT (meter_id) DO UPDATE SET
   client_ic_next = CASE WHEN excluded.client_ic_next > invocation_counters.client_ic_next
                         THEN excluded.client_ic_next ELSE invocation_counters.client_ic_next END,
@@ -167,10 +169,9 @@ def advance_many(
     plain = [(m, 0 if c is None else c, sv, stamp) for m, c, sv, k in rows if k is None]
     keyed = [(m, 0 if c is None else c, sv, stamp, k) for m, c, sv, k in rows if k is not None]
     for values in _rounds(plain):
-        insert_many(conn, ic, _ADVANCE_COLUMNS.split(", "), values, then=_ADVANCE_SET, per_statement=_UPSERT_ROWS)
+        insert_many(conn, ic, _ADVANCE_NAMES, values, then=_ADVANCE_SET, per_statement=_UPSERT_ROWS)
     for values in _rounds(keyed):
-        columns = _ADVANCE_FOR_KEY_COLUMNS.split(", ")
-        insert_many(conn, ic, columns, values, then=_ADVANCE_FOR_KEY_SET, per_statement=_UPSERT_ROWS)
+        insert_many(conn, ic, _ADVANCE_FOR_KEY_NAMES, values, then=_ADVANCE_FOR_KEY_SET, per_statement=_UPSERT_ROWS)
 
 
 _UPSERT_ROWS = 500  # rows per multi-row statement on SQLite (2,500 parameters at most); arrays on PostgreSQL
@@ -210,7 +211,7 @@ def reserve_client_ics_many(
         stamp = _bind_now(conn, now)
         rows = [(m, 0, None, stamp) for m in ordered]
         conflict = "ON CONFLICT (meter_id) DO NOTHING"
-        insert_many(conn, ic, _ADVANCE_COLUMNS.split(", "), rows, then=conflict, per_statement=_UPSERT_ROWS)
+        insert_many(conn, ic, _ADVANCE_NAMES, rows, then=conflict, per_statement=_UPSERT_ROWS)
     for i in range(0, len(ordered), 500):
         chunk = ordered[i : i + 500]
         conn.execute(
