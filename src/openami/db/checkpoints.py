@@ -79,14 +79,30 @@ class WalCheckpointer:
     def _run(self, path: str) -> None:
         connection = sqlite3.connect(path, timeout=0.0, check_same_thread=False)
         try:
-            connection.execute("PRAGMA synchronous=NORMAL")
+            prepared = self._prepare(connection)
             while True:
                 stopping = self._stop.wait(self._every_s)
-                self._checkpoint(connection)
+                prepared = prepared or self._prepare(connection)
+                if prepared:
+                    self._checkpoint(connection)
                 if stopping:
                     return
         finally:
             connection.close()
+
+    @staticmethod
+    def _prepare(connection: sqlite3.Connection) -> bool:
+        """Whether the connection is set up; a file still in rollback mode and locked by a writer says no.
+
+        The thread must outlive that: while it runs, no commit checkpoints, so a thread gone at its
+        first statement would let the log grow without end.
+        """
+        try:
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as exc:  # e.g. another connection switching the file to WAL right now
+            _log.debug("db.sqlite.checkpointer-not-ready", reason=str(exc))
+            return False
+        return True
 
     def _checkpoint(self, connection: sqlite3.Connection) -> None:
         try:

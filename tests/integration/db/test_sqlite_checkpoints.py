@@ -77,3 +77,24 @@ def test_nothing_to_do_for_memory_databases() -> None:
     checkpoints.start()
     checkpoints.stop()
     assert checkpoints.checkpoints == 0
+
+
+def test_a_file_locked_when_the_thread_starts_is_checkpointed_once_free(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    engine = create_engine(f"sqlite:///{path}")
+    engine.dispose()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=DELETE")  # rollback mode, where a writer locks out every reader
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("BEGIN EXCLUSIVE")
+    checkpoints = WalCheckpointer(engine, every_s=0.02)
+    checkpoints.start()
+    try:
+        time.sleep(0.1)  # several passes find the file locked
+        assert checkpoints.checkpoints == 0
+        writer.execute("COMMIT")
+        writer.close()
+        _wait_for(lambda: checkpoints.checkpoints >= 1)
+    finally:
+        checkpoints.stop()
+    engine.dispose()
