@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import functools
+import gc
 import json
 import logging
 import math
@@ -40,7 +42,9 @@ import random
 import resource
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -195,6 +199,126 @@ class Probes:
         await asyncio.gather(*running)
 
 
+def _innermost(frame: Any, depth: int) -> str:
+    frames = traceback.extract_stack(frame)[-depth:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
+def _idle(frame: Any) -> bool:
+    """A thread waiting for work or for a lock (its innermost frame in threading or queue)."""
+    return Path(frame.f_code.co_filename).name in ("threading.py", "queue.py", "thread.py", "selectors.py")
+
+
+class Stalls:
+    """What the slowest probes waited for: the platform's event loop waking late (a long callback, a
+    collector pass, a thread holding the GIL), the cyclic collector's passes, and the CPU each process
+    used, each with its wall-clock time."""
+
+    def __init__(self, pids: dict[str, list[int]], *, tick_s: float = 0.005, late_s: float = 0.02) -> None:
+        self.pids = pids  # name -> processes whose CPU is summed under it
+        self.tick_s, self.late_s = tick_s, late_s
+        self.loop_late: list[tuple[float, float]] = []  # (wall-clock start, seconds late)
+        self.gc_passes: list[tuple[int, float, float]] = []  # (generation, wall-clock start, seconds)
+        self.cpu: list[tuple[float, dict[str, float]]] = []  # (wall-clock, share of a core since the last)
+        self.stalled_in: dict[str, list[float]] = {}  # the loop thread's stack while late -> wall-clock samples
+        self.count_gc_types = bool(os.environ.get("OPENAMI_BENCH_GC_TYPES"))  # which objects long passes walked
+        self.gc_types: list[list[Any]] = []
+        self._young: collections.Counter[str] | None = None
+        self._gc_started = 0.0
+        self._beat = time.perf_counter()
+
+    def _sample_stalls(self, loop_thread: int, stop: threading.Event) -> None:
+        """Every 10 ms, while the loop has not ticked for ``late_s``: where the loop's thread is (its
+        innermost frames), to name what a stall ran."""
+        while not stop.wait(0.01):
+            if time.perf_counter() - self._beat < self.tick_s + 0.01:
+                continue
+            frames = sys._current_frames()
+            frame = frames.get(loop_thread)
+            if frame is None:
+                del frames
+                continue
+            where = _innermost(frame, 5)
+            if "runners.py" in where.split(" < ")[0]:  # in the loop's own C code: which other threads run Python?
+                busy = sorted(
+                    _innermost(f, 3) for ident, f in frames.items()
+                    if ident not in (loop_thread, threading.get_ident()) and not _idle(f)
+                )  # fmt: skip
+                where += " | threads: " + " ; ".join(busy)
+            self.stalled_in.setdefault(where, []).append(time.time())
+            del frames, frame  # a frame object kept alive keeps its function's locals alive (a decision's rows)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            if self.count_gc_types and info["generation"] >= 1:  # what the pass is about to walk (costs ms)
+                self._young = collections.Counter(type(o).__name__ for o in gc.get_objects(1))
+            self._gc_started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_started
+        if took >= 0.005:
+            self.gc_passes.append((info["generation"], time.time() - took, took))
+            if self._young is not None and took >= 0.015:
+                self.gc_types.append([round(took, 3), self._young.most_common(8)])
+        self._young = None
+
+    def _cpu_ticks(self) -> dict[str, int]:
+        ticks: dict[str, int] = {}
+        for name, pids in self.pids.items():
+            total = 0
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])  # utime, stime
+            ticks[name] = total
+        return ticks
+
+    async def watch(self, cpu_every_s: float = 0.5) -> None:
+        gc.callbacks.append(self._on_gc)
+        hertz = os.sysconf("SC_CLK_TCK")
+        ticks, sampled = self._cpu_ticks(), time.perf_counter()
+        stop = threading.Event()
+        sampler = threading.Thread(target=self._sample_stalls, args=(threading.get_ident(), stop), daemon=True)
+        sampler.start()
+        try:
+            while True:
+                before = time.perf_counter()
+                await asyncio.sleep(self.tick_s)
+                now = self._beat = time.perf_counter()
+                late = now - before - self.tick_s
+                if late >= self.late_s:
+                    self.loop_late.append((time.time() - late, late))
+                if now - sampled >= cpu_every_s:
+                    current = self._cpu_ticks()
+                    shares = {k: round((current[k] - ticks[k]) / hertz / (now - sampled), 2) for k in current}
+                    self.cpu.append((time.time(), shares))
+                    ticks, sampled = current, now
+        finally:
+            gc.callbacks.remove(self._on_gc)
+            stop.set()
+
+    def timeline(self, since: float, first: float) -> dict[str, Any]:
+        """The longest loop stalls and collector passes and the CPU series, from ``since``, in seconds from
+        ``first``."""
+        late = sorted((s for s in self.loop_late if s[0] >= since), key=lambda s: -s[1])[:12]
+        passes = sorted((p for p in self.gc_passes if p[1] >= since), key=lambda p: -p[2])[:12]
+        return {
+            "loop_late": [[round(at - first, 2), round(took, 3)] for at, took in late],
+            "gc_passes": [[gen, round(at - first, 2), round(took, 3)] for gen, at, took in passes],
+            "cpu": [[round(at - first, 1), shares] for at, shares in self.cpu if at >= since],
+            "stalled_in": self._stalled_in(since, first),
+            "gc_young_types": self.gc_types[:6],
+        }
+
+    def _stalled_in(self, since: float, first: float) -> list[list[Any]]:
+        """Where the loop's thread was while the loop was late, the most sampled first: how many samples,
+        the first few times, the innermost frames."""
+        entries = sorted(
+            ((where, times) for where, times in self.stalled_in.items() if times[-1] >= since),
+            key=lambda entry: -len(entry[1]),
+        )
+        return [[len(times), [round(t - first, 2) for t in times[:8]], where] for where, times in entries[:15]]
+
+
 def _by_feeder(fleet: Fleet) -> dict[str, list[int]]:
     """Fleet indices of each feeder's meters, in one pass (``meters_of`` per feeder is a pass each)."""
     topology = fleet.topology
@@ -320,7 +444,7 @@ async def _fail_feeders(handle: FleetHandle, meters: Sequence[int], params: dict
 
 async def _storm(
     platform: Platform, handle: FleetHandle, ids: dict[str, int], args: argparse.Namespace, console: Console,
-    probes: Probes,
+    probes: Probes, stalls: Stalls,
 ) -> dict[str, Any]:  # fmt: skip
     fleet = handle.fleet
     feeders = _failed_feeders(fleet, args.fail_share)
@@ -355,6 +479,9 @@ async def _storm(
     prober = asyncio.create_task(probes.run(reads, commands, storm_over.is_set, **_rates(args)))
     await _fail_feeders(handle, failing, fail_params, args.spread_s)
     await locator
+    engine = platform.outages
+    if engine is not None:  # the records are written before the engine's decision has ended
+        await _until("the decision's end", lambda: bool(engine.last_decision), 30, console)
     first = await asyncio.to_thread(_first_gasp, platform, storm_started)  # the bench's own reads: off the loop
     opened = await asyncio.to_thread(_list_outages, platform)
     kinds: dict[str, int] = {}
@@ -390,7 +517,10 @@ async def _storm(
     await prober
     unsubscribe()
     if first is not None:
-        result["timeline"] = _timeline(changes, [p for p in probes.timeline if p[1] >= storm_started], first)
+        result["timeline"] = {
+            **_timeline(changes, [p for p in probes.timeline if p[1] >= storm_started], first),
+            **stalls.timeline(storm_started, first),
+        }
     result.update({**_summary("read_storm", reads), **_summary("command_storm", commands),
                    "reads_during_storm": len(reads), "commands_during_storm": len(commands)})  # fmt: skip
     with platform.engine.connect() as conn:
@@ -469,11 +599,18 @@ async def _run(
     result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands),
                               "reads_baseline": len(reads), "commands_baseline": len(commands)}  # fmt: skip
     progress = asyncio.create_task(_report_progress(platform, console))
+    push_pid = platform.push_listener.pid if isinstance(platform.push_listener, PushProcess) else None
+    sims = handle.pids[:-1] if args.probe_process else handle.pids
+    pids = {"platform": [os.getpid()], "push": [] if push_pid is None else [push_pid], "sims": sims,
+            "probe_sim": handle.pids[-1:] if args.probe_process else []}  # fmt: skip
+    stalls = Stalls(pids)
+    watching = asyncio.create_task(stalls.watch())
     drops_before = _udp_receive_drops()
     try:
-        result.update(await _storm(platform, handle, ids, args, console, probes))
+        result.update(await _storm(platform, handle, ids, args, console, probes, stalls))
     finally:
         progress.cancel()
+        watching.cancel()
     drops_after = _udp_receive_drops()
     if drops_before is not None and drops_after is not None:
         result["udp_kernel_drops"] = drops_after - drops_before

@@ -10,6 +10,14 @@ went through the same group commits as on-demand reads. Pings have their own sma
 per collector (``PING_SLOTS``, of which ``PING_SESSIONS`` past the connect), apart from collection
 and from the command slots, so an outage storm's pings never hold up a switch command.
 
+The sessions themselves (connect, associate, read, release) run on an event loop of their own, in a
+thread (``_session_loop``): on the platform's loop a storm's pings put their many steps in the queue
+ahead of every step of every command and on-demand read (the loop runs its ready callbacks in turn),
+and the storm's slowest commands all fell in its round of pings (0.15-0.22 s against ~0.03 s). In a
+thread they share the interpreter by its switch interval (``runtime.GIL_SWITCH_INTERVAL_S``, 1 ms)
+instead. What a ping shares with the rest of the head-end (the meter's session lock, the counters)
+stays on the platform's loop.
+
 Any answer from the meter counts as "powered", even a refused association or a failed
 authentication (a meter that refuses is a meter with power; the collector reports such failures when
 it reads). Only silence (timeout, connection refused or reset) counts as dark.
@@ -18,9 +26,11 @@ it reads). Only silence (timeout, connection refused or reset) counts as dark.
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -30,18 +40,25 @@ from openami.protocols.dlms.client import ClientSettings, DlmsClient
 from openami.protocols.dlms.errors import DlmsError
 from openami.protocols.dlms.obis import CLOCK
 from openami.protocols.dlms.session_errors import ConnectionClosedError, DlmsTimeoutError
+from openami.runtime import loop_in_thread
 
 __all__ = ["PING_SESSIONS", "PING_SLOTS", "ping", "ping_many"]
 
 PING_SLOTS = 256
 """Pings in flight at once per collector; most of a storm's wait for a meter that does not answer."""
 PING_SESSIONS = 32
-"""Of those, how many are past the TCP connect at once (associating, reading, releasing). A session's
-work runs on the platform's event loop like a command's, and 256 at once (a storm's early pings, up
-to ``outages.ping_budget`` of them) put hundreds of ready callbacks ahead of each step of every
-command and on-demand read: a storm's slowest commands all fell in that round (0.2-0.6 s against
-~0.05 s). A dark meter whose connect times out waits in ``PING_SLOTS`` only, so silence still costs
-``ping_timeout_s`` per 256 meters, not per 32 (docs/benchmarks.md, ninth session)."""
+"""Of those, how many are past the TCP connect at once (associating, reading, releasing). 256 at once
+(a storm's early pings, up to ``outages.ping_budget`` of them) put hundreds of ready callbacks ahead
+of each step of every command and on-demand read when sessions still ran on the platform's loop (a
+storm's slowest commands all fell in that round, 0.2-0.6 s against ~0.05 s); on their own loop they
+still share the interpreter with it. A dark meter whose connect times out waits in ``PING_SLOTS``
+only, so silence still costs ``ping_timeout_s`` per 256 meters, not per 32 (docs/benchmarks.md, ninth
+session)."""
+_START_WAVE = 16
+"""Pings started per turn of the event loop. A ping's first step (its client, socket and connect) takes
+~0.15 ms, and a loop turn runs every step that was ready when it began: a round's 256 first steps at
+once were one turn of ~40 ms that every command and on-demand read in flight waited for (storm
+benchmark, eleventh session)."""
 _log = structlog.get_logger("openami.headend")
 
 
@@ -82,7 +99,17 @@ async def ping_many(
             on_answer(meter_id, answered)
         return answered
 
-    return list(await asyncio.gather(*(one(m) for m in meter_ids)))
+    tasks: list[asyncio.Task[bool]] = []
+    try:
+        for index, meter_id in enumerate(meter_ids):
+            tasks.append(asyncio.ensure_future(one(meter_id)))
+            if index % _START_WAVE == _START_WAVE - 1:
+                await asyncio.sleep(0)  # the started ones take their first step; commands and reads run too
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserved: ReservedBlock | None = None) -> bool:
@@ -109,7 +136,7 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
         )
         client = DlmsClient(settings)
         try:
-            await _session(client, slots.sessions, bound_s=timeout_s * 3)
+            await _elsewhere(_session(client, slots.sessions, bound_s=timeout_s * 3))
         except (DlmsTimeoutError, ConnectionClosedError, TimeoutError, OSError):
             answered = False
         except DlmsError:
@@ -127,6 +154,24 @@ async def ping(collector: Collector, meter_id: int, *, timeout_s: float, reserve
             )
     _log.debug("headend.ping", meter_id=meter_id, answered=answered)
     return answered
+
+
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _session_loop() -> asyncio.AbstractEventLoop:
+    """The pings' own event loop, started at the first ping of the process."""
+    global _loop  # noqa: PLW0603 - one per process, started on first use
+    with _loop_lock:
+        if _loop is None:
+            _loop = loop_in_thread("ping-sessions")
+        return _loop
+
+
+async def _elsewhere(session: Coroutine[Any, Any, None]) -> None:
+    """Run ``session`` on the pings' loop and wait for it; cancelled here, it is cancelled there."""
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(session, _session_loop()))
 
 
 async def _session(client: DlmsClient, sessions: asyncio.Semaphore, *, bound_s: float) -> None:

@@ -53,6 +53,7 @@ from openami.domain.meter_events import EventCode, MeterEvents
 from openami.domain.outages import DeviceKind, OutageChanged, OutageState
 from openami.headend.collector import Collector
 from openami.headend.ping import ping_many
+from openami.runtime import collector_paused
 from openami.services.outage_inference import Device, Grid, InferenceParameters, Suspect, infer
 from openami.settings import OutageSettings
 from openami.waiting import wait_until_set
@@ -161,7 +162,9 @@ class OutageEngine:
         self._still_dark: dict[int, list[tuple[int, float]]] = {}
         self._late_ups: dict[int, dict[int, int]] = {}
         self._open: dict[int, _Open] = {}
-        self._member: dict[int, set[int]] = {}  # meter -> open outages it is in
+        # meter -> the open outages it is in (never empty): tuples of ints, which the cyclic collector
+        # stops tracking after one look, where 50,000 sets were walked by every older pass
+        self._member: dict[int, tuple[int, ...]] = {}
         self._seen: OrderedDict[tuple[int, int, int], None] = OrderedDict()
         self._wake = asyncio.Event()
         self._reload = True
@@ -215,7 +218,12 @@ class OutageEngine:
     def _track(self, state: _Open) -> None:
         self._open[state.id] = state
         for meter in state.meters:
-            self._member.setdefault(meter, set()).add(state.id)
+            self._join(meter, state.id)
+
+    def _join(self, meter: int, outage_id: int) -> None:
+        outages = self._member.get(meter, ())
+        if outage_id not in outages:
+            self._member[meter] = (*outages, outage_id)
 
     def _follow(self, state: _Open) -> None:
         """Track a newly opened outage; power-ups that arrived while it was being confirmed count."""
@@ -233,7 +241,11 @@ class OutageEngine:
     def _untrack(self, outage_id: int) -> None:
         state = self._open.pop(outage_id, None)
         for meter in state.meters if state else ():
-            self._member.get(meter, set()).discard(outage_id)
+            rest = tuple(o for o in self._member.get(meter, ()) if o != outage_id)
+            if rest:
+                self._member[meter] = rest
+            else:
+                self._member.pop(meter, None)
 
     # -- events in -----------------------------------------------------------------------------------------
 
@@ -275,7 +287,7 @@ class OutageEngine:
             for outage_id, started_s in self._still_dark.pop(meter):
                 if meter_time >= started_s:
                     self._late_ups.setdefault(outage_id, {})[meter] = meter_time
-        for outage_id in self._member.get(meter, set()):
+        for outage_id in self._member.get(meter, ()):
             state = self._open[outage_id]
             if meter in state.restored or meter_time < state.started_s:
                 continue  # a power-up from before this outage began (out of order) does not end it
@@ -462,7 +474,7 @@ class OutageEngine:
 
     def _explained(self) -> set[int]:
         """Meters already in an open outage: dark, but needing no new explanation."""
-        return {m for m, outages in self._member.items() if outages}
+        return set(self._member)
 
     def _take(self, gasps: dict[int, int]) -> None:
         """``gasps`` leave the pending group; gasps that came while they were inferred form the next."""
@@ -620,6 +632,10 @@ class OutageEngine:
             return [(record, "opened"), *self._adopt(conn, record, below)]
 
         def write() -> list[tuple[OutageRecord, str]]:
+            with collector_paused():  # the rows are freed on return, before collection resumes
+                return build_and_write()
+
+        def build_and_write() -> list[tuple[OutageRecord, str]]:
             # the rows are built first: inside the transactions only the database's work holds the write lock
             started = time.perf_counter()
             items = [
@@ -641,6 +657,9 @@ class OutageEngine:
                 meters = set(self._meters_of(_suspect_of(record)))
                 self._follow(_Open(record.id, (record.device_kind, record.device_id), meters, record.started_at))
                 _log.info("outages.opened", outage_id=record.id, device=f"{record.device_kind}:{record.device_id}")
+                # a storm opens hundreds, tens of thousands of meters: commands and reads run in between
+                # (gasps meanwhile wait in _pending, power-ups in _back: both are counted below and in _follow)
+                await asyncio.sleep(0)
         self._pending_to_late()
         await self._publish(results)
 
@@ -749,14 +768,22 @@ class OutageEngine:
         devices' outages within seconds, and one round of pings for all of them takes what one takes."""
         for state in states:
             self._untrack(state.id)
+            await asyncio.sleep(0)  # hundreds of outages, tens of thousands of meters: commands run in between
         silent = {state.id: sorted(state.meters - state.restored) for state in states}
         everyone = sorted(set().union(*silent.values()))
         answers = await self._ping_round(everyone, None)
         answered = {m for m, ok in zip(everyone, answers, strict=True) if ok}
         for meter in answered:  # back in every other open outage too
-            for other in self._member.get(meter, set()):
+            for other in self._member.get(meter, ()):
                 self._open[other].restored.add(meter)
-        plans = [self._plan_verification(state, silent[state.id], answered) for state in states]
+        restored = {state.id: set(state.restored) for state in states}  # power-ups keep coming meanwhile
+        found = await asyncio.to_thread(  # a storm's restoration infers for hundreds of outages: off the loop
+            lambda: [self._still_dark_below(state, silent[state.id], answered, restored[state.id]) for state in states]
+        )
+        plans = [
+            _Verification(state, len(silent[state.id]), back, still, [s for s in below if not self._followed(s)])
+            for state, (back, still, below) in zip(states, found, strict=True)
+        ]
 
         now = self._now()
 
@@ -776,17 +803,20 @@ class OutageEngine:
                 self._track(_Open(record.id, (record.device_kind, record.device_id), set(), record.started_at))
                 self._open[record.id].meters = set(self._meters_of(_suspect_of(record))) & still
                 for meter in self._open[record.id].meters:
-                    self._member.setdefault(meter, set()).add(record.id)
+                    self._join(meter, record.id)
         for plan in plans:
             _log.info("outages.restored", outage_id=plan.state.id, still_dark=len(plan.still))
         await self._publish(results)
 
-    def _plan_verification(self, state: _Open, silent: list[int], answered: set[int]) -> _Verification:
+    def _still_dark_below(
+        self, state: _Open, silent: list[int], answered: set[int], restored: set[int]
+    ) -> tuple[set[int], set[int], list[Suspect]]:
+        """Of ``silent``, the meters back and those still dark, and the devices below the outage that
+        stay dark (any thread: it reads only the grid and its arguments)."""
         back = answered.intersection(silent)
         still = set(silent) - back
-        suspects = infer(self.grid, still, state.restored | back, params=self._params, within=state.device)
-        devices = [s for s in suspects if s.kind != DeviceKind.METER and not self._followed(s)]
-        return _Verification(state, len(silent), back, still, devices)
+        suspects = infer(self.grid, still, restored | back, params=self._params, within=state.device)
+        return back, still, [s for s in suspects if s.kind != DeviceKind.METER]
 
     def _write_verification(
         self, conn: Connection, plan: _Verification, now: datetime
