@@ -129,7 +129,8 @@ meter_keys = sa.Table(
     sa.Column("created_at", UtcDateTime(), nullable=False),
     # "pending" (generated, not yet proven in the meter), "active" (one per meter and kind), "retired"
     sa.Column("state", sa.String(16), nullable=False, server_default=sa.text("'active'")),
-    sa.Column("state_changed_at", UtcDateTime(), nullable=True),
+    # indexed: the push process asks for its max every second (has a key changed? migration 0015)
+    sa.Column("state_changed_at", UtcDateTime(), nullable=True, index=True),
 )
 
 # --- readings -------------------------------------------------------------------------------------

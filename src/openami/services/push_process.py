@@ -299,9 +299,15 @@ class _Child:
         )
 
     def _keys_fingerprint(self) -> tuple[Any, ...]:
+        """How many keys there are and when one last changed state: two scalar subqueries, each answered
+        from the ``state_changed_at`` index (migration 0015). As one ``SELECT count(*), max(…)`` it read
+        every key row, every second: 20 ms at 200,000 keys, and a sixth of the push process's CPU in a
+        storm, while the pushes waited for it."""
         k = meter_keys.c
+        count = sa.select(sa.func.count()).select_from(meter_keys).scalar_subquery()
+        latest = sa.select(sa.func.max(k.state_changed_at)).scalar_subquery()
         with self.engine.connect() as conn:
-            return tuple(conn.execute(sa.select(sa.func.count(), sa.func.max(k.state_changed_at))).one())
+            return tuple(conn.execute(sa.select(count, latest)).one())
 
     def _load(self) -> None:
         self.fingerprint = self._keys_fingerprint()
