@@ -65,7 +65,8 @@ Pinger = Callable[[int], Awaitable[bool]]
 Answered = Callable[[int, bool], None]  # told each meter's answer as it comes
 _SEEN_MAX = 200_000  # remembered event identities for de-duplication
 _RELOAD_AFTER_S = 30.0  # a gasp from a meter outside the loaded grid reloads it, at most this often
-_ROWS_PER_TRANSACTION = 1_000  # affected meters written per transaction (see _write_chunked)
+_ROWS_PER_TRANSACTION = 1_000  # affected meters written per transaction on SQLite (see _write_chunked)
+_PG_ROWS_PER_TRANSACTION = 25_000  # on PostgreSQL, whose writers do not queue at one lock (see _write_chunked)
 _T = TypeVar("_T")
 _BACKLOG_WAIT_MAX_S = 60.0  # verification waits for queued events at most this long past its due time
 # late gasps (of meters already in an open outage) are flagged at most this often: a storm's arrive in
@@ -594,6 +595,12 @@ class OutageEngine:
         about ``budget``."""
         rng = random.Random(len(dark))  # noqa: S311 - sampling, not security
         wanted: set[int] = set()
+        seen = self._pinged_below(pinged)
+        sample = self._settings.ping_sample
+
+        def fresh(meter: int) -> bool:
+            return meter not in dark and meter not in alive and meter not in explained
+
         for suspect in sorted(suspects, key=lambda s: (-s.size, -s.dark, s.id)):  # the biggest devices first
             if len(wanted) >= budget:
                 break  # a storm's many small suspects: the rest stand on their last gasps alone
@@ -601,14 +608,32 @@ class OutageEngine:
             if suspect.kind == DeviceKind.METER:
                 wanted.update(m for m in inside if m not in alive and m not in pinged)
                 continue
-            parent = self.grid.parent((suspect.kind, suspect.id))
-            own = set(inside)
-            around = [m for m in self.grid.meters(parent) if m not in own] if parent else []
-            for pool in (inside, around):
-                fresh = [m for m in pool if m not in dark and m not in alive and m not in explained]
-                more = self._settings.ping_sample - sum(1 for m in pool if m in pinged)
-                wanted.update(rng.sample(fresh, max(0, min(len(fresh), more))))
+            device = (suspect.kind, suspect.id)
+            wanted.update(_pick(rng, inside, sample - seen.get(device, 0), fresh))
+            parent = self.grid.parent(device)
+            if parent is not None:  # around: under the parent, not under the suspect
+                more = sample - (seen.get(parent, 0) - seen.get(device, 0))
+                around = functools.partial(self._fresh_around, fresh, device)
+                wanted.update(_pick(rng, self.grid.meters(parent), more, around))
         return sorted(wanted - alive)
+
+    def _fresh_around(self, fresh: Callable[[int], bool], device: Device, meter: int) -> bool:
+        return fresh(meter) and not self._below(meter, device)
+
+    def _below(self, meter: int, device: Device) -> bool:
+        """Whether ``meter`` is below ``device`` (a transformer, feeder or substation)."""
+        transformer = self.grid.meter_transformer.get(meter)
+        return transformer is not None and device in self.grid.path_of(transformer)
+
+    def _pinged_below(self, pinged: set[int]) -> dict[Device, int]:
+        """How many of ``pinged`` are below each device: counted once from the few pinged meters, not by
+        walking every suspect's and every parent's meters (a substation has thousands)."""
+        counts: dict[Device, int] = {}
+        for meter in pinged:
+            transformer = self.grid.meter_transformer.get(meter)
+            for device in self.grid.path_of(transformer) if transformer is not None else ():
+                counts[device] = counts.get(device, 0) + 1
+        return counts
 
     async def _record(
         self,
@@ -744,7 +769,14 @@ class OutageEngine:
         never hold the database's write lock for long while a switch command or an on-demand read
         waits for it. As a bulk writer (``db.engine.bulk_writes``): at SQLite's write lock commands and
         reads go first (control traffic before outage bookkeeping; a bulk writer waits at most
-        ``BULK_PATIENCE_S`` for them)."""
+        ``BULK_PATIENCE_S`` for them).
+
+        PostgreSQL has no such lock (its writers lock rows, and commands and reads touch none of these),
+        while each commit waits for its WAL to reach the disk: transactions of at least
+        ``_PG_ROWS_PER_TRANSACTION`` there (a storm's 54,000 affected meters offline, durable cluster:
+        0.38 s in 3 transactions against 0.43 s in 55, medians of 3)."""
+        if self._engine.dialect.name == "postgresql":
+            per_transaction = max(per_transaction, _PG_ROWS_PER_TRANSACTION)
         done: list[tuple[OutageRecord, str]] = []
         start = 0
         while start < len(items):
@@ -886,3 +918,26 @@ def _devices(suspects: Iterable[Suspect]) -> set[tuple[DeviceKind, str]]:
 
 def _suspect_of(record: OutageRecord) -> Suspect:
     return Suspect(record.device_kind, record.device_id, record.meters, record.last_gasps, 0.0)
+
+
+_SCAN_BELOW = 256  # a pool this small is scanned: drawing from it saves nothing
+_DRAWS_PER_PICK = 20  # random draws a wanted meter may take before the pool is scanned after all
+
+
+def _pick(rng: random.Random, pool: Sequence[int], count: int, ok: Callable[[int], bool]) -> list[int]:
+    """Up to ``count`` distinct members of ``pool`` for which ``ok`` holds, uniformly at random. A big
+    pool (the meters around a feeder: its substation's thousands) is drawn from, a few at a time; the
+    storm's first pings listed every substation's meters for each of its dozens of suspects, on the
+    event loop (46 ms stalls). The pool is scanned when it is small or draws keep missing."""
+    if count <= 0:
+        return []
+    if len(pool) > _SCAN_BELOW:
+        picked: dict[int, None] = {}  # insertion-ordered: the same draws give the same sample
+        for _ in range(count * _DRAWS_PER_PICK):
+            meter = pool[rng.randrange(len(pool))]
+            if meter not in picked and ok(meter):
+                picked[meter] = None
+                if len(picked) == count:
+                    return list(picked)
+    eligible = [m for m in pool if ok(m)]
+    return rng.sample(eligible, min(count, len(eligible)))
