@@ -171,14 +171,18 @@ class CommandQueue:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        was_busy = False
         while True:
             started, handled = loop.time(), 0
             try:
                 handled = await self._tick()
             except Exception as exc:  # noqa: BLE001 - the worker must survive a database hiccup
                 _log.error("switch.queue.error", error=type(exc).__name__, detail=str(exc)[:200])
-            # wake-ups coming together make one look, not one each
-            busy_until = started + _BUSY_TICK_S if handled >= 2 else 0.0
+            # wake-ups coming together make one look, not one each; only a load that lasts (two busy looks
+            # in a row) waits for _BUSY_TICK_S: two commands crossing by chance do not
+            busy = handled >= 2
+            busy_until = started + _BUSY_TICK_S if busy and was_busy else 0.0
+            was_busy = busy
             await asyncio.sleep(max(_COALESCE_S, busy_until - loop.time()))
             await wait_until_set(self._wake, self._settings.poll_s)
             self._wake.clear()
