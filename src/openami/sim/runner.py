@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from openami.runtime import tune_gc
 from openami.sim.channel import (
     ControlError,
     LocalFleetControl,
@@ -291,6 +292,10 @@ async def _worker(job: dict[str, Any], stdin: StdinLines) -> None:
         push_transport=str(push[2]) if push else "tcp",
         hosted=hosted,
     ) as ports:
+        # Thousands of meters are long-lived objects (hundreds of MB): frozen out of the cyclic
+        # collector's passes, which otherwise walked them all again and again once a storm's pushes
+        # and sessions allocated (a storm: ~95 % of every simulator process's CPU in the collector).
+        tune_gc()
         # control lines are only read once every meter is served: the parent sends none before ``ready``
         threading.Thread(target=_watch_stdin, args=(loop, stop, stdin, hosted), daemon=True, name="parent").start()
         if job["report_ports"]:
