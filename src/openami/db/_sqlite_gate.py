@@ -19,6 +19,12 @@ SQLite's busy handler, which polls with growing sleeps, through another process'
 never block each other on them (the in-process gate orders the threads), and the kernel drops them
 when a process dies.
 
+A long bulk transaction can also hand the lock over in its middle: at a point where what it wrote so
+far may stand on its own, ``GatedConnection.yield_turn`` commits it when another writer (not a bulk
+one) waits, here or in another process, and the next write takes a turn again, after that writer's.
+A waiting command then waits for one part of a push batch or an outage write, not the whole
+(a measured storm: waits of up to 17-22 ms, bulk transactions of up to 37 ms).
+
 A writer that waits longer than the busy timeout goes on without the gate, and SQLite decides as
 before.
 """
@@ -84,7 +90,7 @@ class _ProcessLocks:
         until ``yield_until``. False at ``deadline``."""
         pause = 0.0005
         while True:
-            polite = bulk and time.monotonic() < yield_until and not own_urgent() and self._urgent_elsewhere()
+            polite = bulk and time.monotonic() < yield_until and not own_urgent() and self.urgent_elsewhere()
             if not polite and self._try(fcntl.LOCK_EX, self._TURN):
                 return True
             if time.monotonic() >= deadline:
@@ -99,7 +105,7 @@ class _ProcessLocks:
         """Say whether a writer of this process other than a bulk one waits (a shared lock on byte 1)."""
         fcntl.lockf(self._file(), fcntl.LOCK_SH if waiting else fcntl.LOCK_UN, 1, self._URGENT)
 
-    def _urgent_elsewhere(self) -> bool:
+    def urgent_elsewhere(self) -> bool:
         """Whether another process holds byte 1 (call only while this process holds none of it: taking and
         dropping an exclusive lock would also drop this process's own shared one)."""
         if not self._try(fcntl.LOCK_EX, self._URGENT):
@@ -147,6 +153,13 @@ class _Gate:
         finally:
             if not bulk:
                 self._urgent(-1)
+
+    def writers_waiting(self) -> bool:
+        """Whether a writer other than a bulk one waits for the gate, in this process or in another."""
+        with self._cond:  # this process's count and its shared lock on the lock file change together
+            if self._urgent_waiting:
+                return True
+            return self._processes is not None and self._processes.urgent_elsewhere()
 
     def _urgent(self, step: int) -> None:
         with self._cond:
@@ -291,6 +304,15 @@ class GatedConnection(sqlite3.Connection):
             super().close()
         finally:
             self._release()
+
+    def yield_turn(self) -> bool:
+        """Commit the transaction now if this connection holds the write turn and another writer (not a
+        bulk one) waits for it; its next write takes a turn again. Call only where what the
+        transaction wrote so far may stand on its own. Returns whether it committed."""
+        if not (self._holding and self.in_transaction and self._gate.writers_waiting()):
+            return False
+        self.commit()
+        return True
 
     def _release(self) -> None:
         if self._holding:

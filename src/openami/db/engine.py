@@ -27,8 +27,8 @@ from openami.db._sqlite_gate import GatedConnection, bulk_writes
 from openami.errors import InvalidInput, StorageUnavailable
 
 __all__ = [
-    "bulk_writes", "connect_check", "create_engine", "dialect_name", "insert_many", "is_postgres", "placeholder",
-    "safe_url",
+    "bulk_writes", "connect_check", "create_engine", "dialect_name", "insert_many", "is_postgres",
+    "let_waiting_writers_in", "placeholder", "safe_url",
 ]  # fmt: skip
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -118,6 +118,19 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB:d}")
     finally:
         cursor.close()
+
+
+def let_waiting_writers_in(conn: Connection) -> bool:
+    """SQLite: commit what ``conn``'s transaction wrote so far if another writer (not a bulk one: a
+    command, an on-demand read's readings) waits for the write lock, here or in another process; the
+    transaction then goes on as a new one, whose next write waits for its turn after theirs. Call it in
+    a long bulk write, only where what was written so far may stand on its own (a later failure rolls
+    back the part after the last commit only). Returns whether it committed. PostgreSQL: nothing (its
+    writers lock rows, not the database)."""
+    if conn.dialect.name != "sqlite":
+        return False
+    dbapi = conn.connection.dbapi_connection
+    return isinstance(dbapi, GatedConnection) and dbapi.yield_turn()
 
 
 def placeholder(conn: Connection) -> str:

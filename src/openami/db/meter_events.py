@@ -32,6 +32,7 @@ __all__ = [
     "Rejected",
     "StoreOutcome",
     "advance_push_counters",
+    "commissioning_times",
     "count_rejected",
     "list_events",
     "list_rejected",
@@ -95,12 +96,14 @@ def store_events(
     now: float,
     future_tolerance_s: float = 3600.0,
     commissioning_slack_s: float = 86_400.0,
+    commissioned: Mapping[int, float] | None = None,
 ) -> StoreOutcome:
     """Store new events, skip duplicates, record refusals; one statement per kind, in the caller's transaction.
 
     ``now`` is the head-end's time (epoch s). An event more than ``future_tolerance_s`` ahead of it,
     before 2000, or more than ``commissioning_slack_s`` before its meter's commissioning is refused
-    (a meter's clock may run a little before its paperwork: the slack).
+    (a meter's clock may run a little before its paperwork: the slack). ``commissioned``: the
+    meters' ``commissioning_times`` when the caller read them already (a batch stored in parts).
     """
     outcome = StoreOutcome()
     unique: dict[tuple[int, int, int], EventRow] = {}
@@ -111,7 +114,8 @@ def store_events(
             unique[row.key] = row
     if not unique:
         return outcome
-    commissioned = _commissioned_at(conn, {row.meter_id for row in unique.values()})
+    if commissioned is None:
+        commissioned = commissioning_times(conn, {row.meter_id for row in unique.values()})
     accepted: list[EventRow] = []
     for row in unique.values():
         reason = _refusal(row, commissioned, now, future_tolerance_s, commissioning_slack_s)
@@ -142,7 +146,7 @@ def _refusal(
     return None
 
 
-def _commissioned_at(conn: Connection, meter_ids: set[int]) -> dict[int, float]:
+def commissioning_times(conn: Connection, meter_ids: set[int]) -> dict[int, float]:
     """Commissioning time (epoch s) of those ``meter_ids`` that exist."""
     found: dict[int, float] = {}
     ids = sorted(meter_ids)

@@ -47,7 +47,7 @@ from openami.bus.base import Bus, Unsubscribe
 from openami.bus.topics import METER_EVENTS, OUTAGES_CHANGED
 from openami.db import outages as repo
 from openami.db import topology as topology_repo
-from openami.db.engine import bulk_writes
+from openami.db.engine import bulk_writes, let_waiting_writers_in
 from openami.db.outages import AffectedMeter, NewOutage, OutageRecord
 from openami.domain.meter_events import EventCode, MeterEvents
 from openami.domain.outages import DeviceKind, OutageChanged, OutageState
@@ -769,7 +769,8 @@ class OutageEngine:
         never hold the database's write lock for long while a switch command or an on-demand read
         waits for it. As a bulk writer (``db.engine.bulk_writes``): at SQLite's write lock commands and
         reads go first (control traffic before outage bookkeeping; a bulk writer waits at most
-        ``BULK_PATIENCE_S`` for them).
+        ``BULK_PATIENCE_S`` for them), and one that starts waiting meanwhile gets the lock after the
+        item being written (``db.engine.let_waiting_writers_in``).
 
         PostgreSQL has no such lock (its writers lock rows, and commands and reads touch none of these),
         while each commit waits for its WAL to reach the disk: transactions of at least
@@ -787,6 +788,7 @@ class OutageEngine:
             with bulk_writes(), self._engine.begin() as conn:
                 for item in items[start:end]:
                     done += write_one(conn, item)
+                    let_waiting_writers_in(conn)  # each item stands on its own: a waiting command goes first
             start = end
         return done
 

@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from openami.db._sqlite_gate import GatedConnection, bulk_writes, gate_for
-from openami.db.engine import create_engine
+from openami.db.engine import create_engine, let_waiting_writers_in
 
 
 def _connect(path: Path) -> GatedConnection:
@@ -184,3 +184,79 @@ def test_a_writer_of_another_process_waits_for_this_ones_turn(db: Path) -> None:
         holder.close()
     assert _rows(db) == ["holder", "bulk-0"]
     assert (db.parent / f"{db.name}-writer.lock").stat().st_mode & 0o077 == 0
+
+
+def test_a_bulk_transaction_hands_the_lock_to_a_waiting_writer_in_its_middle(db: Path) -> None:
+    bulk = _connect(db)
+    with bulk_writes():
+        bulk.execute("INSERT INTO t VALUES ('bulk-1')")
+    assert not bulk.yield_turn()  # nobody waits: the transaction goes on
+    assert _rows(db) == []
+    done = threading.Event()
+
+    def command() -> None:
+        conn = _connect(db)
+        conn.execute("INSERT INTO t VALUES ('command')")
+        conn.commit()
+        conn.close()
+        done.set()
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while _waiters(db) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not done.is_set()  # it waits for the bulk transaction
+    assert bulk.yield_turn()
+    assert done.wait(10)
+    with bulk_writes():
+        bulk.execute("INSERT INTO t VALUES ('bulk-2')")
+    bulk.rollback()  # takes back the part after the hand-over only
+    thread.join(10)
+    bulk.close()
+    assert _rows(db) == ["bulk-1", "command"]
+
+
+def test_a_bulk_transaction_hands_the_lock_to_a_writer_of_another_process(db: Path) -> None:
+    bulk = _connect(db)
+    with bulk_writes():
+        bulk.execute("INSERT INTO t VALUES ('bulk-1')")
+    other = subprocess.Popen(
+        [sys.executable, "-c", _BULK_LOOP.replace("with bulk_writes():", "if True:"), str(db), "1"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not bulk.yield_turn():  # true once the other process waits for the write turn
+            assert time.monotonic() < deadline, "the other process's writer never showed as waiting"
+            time.sleep(0.01)
+        assert other.wait(10) == 0, other.stderr.read() if other.stderr else ""
+    finally:
+        other.kill()
+    with bulk_writes():
+        bulk.execute("INSERT INTO t VALUES ('bulk-2')")
+    bulk.commit()
+    bulk.close()
+    assert _rows(db) == ["bulk-1", "bulk-0", "bulk-2"]
+
+
+def test_let_waiting_writers_in_commits_through_sqlalchemy_only_when_one_waits(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'e.sqlite3'}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (who TEXT)")
+        path = tmp_path / "e.sqlite3"
+        with bulk_writes(), engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES ('first')")
+            assert not let_waiting_writers_in(conn)
+            gate = gate_for(str(path.resolve()))
+            gate._urgent(+1)  # a writer of this process waiting for the lock, as the gate counts one
+            try:
+                assert let_waiting_writers_in(conn)
+            finally:
+                gate._urgent(-1)
+            assert _rows(path) == ["first"]  # committed: visible to another connection
+            conn.exec_driver_sql("INSERT INTO t VALUES ('second')")
+        assert _rows(path) == ["first", "second"]  # the rest committed at the block's end
+    finally:
+        engine.dispose()
