@@ -113,6 +113,7 @@ class Probes:
         self.switch_ids = list(switch_ids)
         self.failures = 0
         self.slowest: dict[str, float] = {}  # where the slowest command's time went
+        self.splits: list[tuple[float, float, float, float]] = []  # each command's submit, queued, meter, rest
         self.timeline: list[tuple[str, float, float]] = []  # (kind, wall-clock start, seconds) of each probe
 
     async def read(self, meter_id: int, into: list[float]) -> None:
@@ -143,13 +144,25 @@ class Probes:
         took = time.perf_counter() - started
         into.append(took)
         self.timeline.append(("command", time.time() - took, took))
-        if took > self.slowest.get("total_s", 0.0) and done.sent_at and done.confirmed_at:
-            self.slowest = {
-                "total_s": round(took, 3),
-                "submit_s": round(submitted - started, 3),
-                "queued_s": round((done.sent_at - done.created_at).total_seconds(), 3),
-                "meter_s": round((done.confirmed_at - done.sent_at).total_seconds(), 3),
-            }
+        if not (done.sent_at and done.confirmed_at):
+            return
+        submit, queued = submitted - started, (done.sent_at - done.created_at).total_seconds()
+        meter = (done.confirmed_at - done.sent_at).total_seconds()
+        self.splits.append((submit, queued, meter, took - submit - queued - meter))
+        if took > self.slowest.get("total_s", 0.0):
+            self.slowest = {"total_s": round(took, 3), "submit_s": round(submit, 3), "queued_s": round(queued, 3),
+                            "meter_s": round(meter, 3)}  # fmt: skip
+
+    def take_splits(self, phase: str) -> dict[str, float]:
+        """Where the commands' time went since the last call: p50 and p90 of each step (submit: the
+        caller's transaction; queued: until the queue claimed it; meter: the session; rest: until the
+        waiter heard of the outcome), so that a slower phase shows which step grew."""
+        splits, self.splits = self.splits, []
+        figures: dict[str, float] = {}
+        for i, step in enumerate(("submit", "queued", "meter", "rest")):
+            values = [s[i] for s in splits]
+            figures |= {f"{step}_p{q}_s": round(_quantile(values, q / 100), 4) for q in (50, 90)}
+        return {f"command_{phase}_{k}": v for k, v in figures.items()}
 
     async def run(
         self, reads: list[float], commands: list[float], stop: Callable[[], bool], *, read_rate: float,
@@ -207,6 +220,32 @@ def _innermost(frame: Any, depth: int) -> str:
 def _idle(frame: Any) -> bool:
     """A thread waiting for work or for a lock (its innermost frame in threading or queue)."""
     return Path(frame.f_code.co_filename).name in ("threading.py", "queue.py", "thread.py", "selectors.py")
+
+
+class LoopLag:
+    """How late the platform's event loop wakes a task asleep for ``tick_s``, phase by phase: every
+    probe's session and queue step waits for the loop several times, so a loop late by a few ms at
+    each wake-up adds up even when no single stall is long."""
+
+    def __init__(self, tick_s: float = 0.002) -> None:
+        self.tick_s = tick_s
+        self.lates: list[float] = []
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.tick_s)
+            self.lates.append(loop.time() - before - self.tick_s)
+
+    def take(self, phase: str) -> dict[str, float]:
+        """The lateness since the last call: p50, p99 and max (seconds), and the share of wake-ups 5 ms late."""
+        lates, self.lates = self.lates, []
+        late = sum(1 for x in lates if x >= 0.005) / len(lates) if lates else float("nan")
+        return {f"loop_lag_{phase}_p50_s": round(_quantile(lates, 0.5), 4),
+                f"loop_lag_{phase}_p99_s": round(_quantile(lates, 0.99), 4),
+                f"loop_lag_{phase}_max_s": round(max(lates, default=float("nan")), 4),
+                f"loop_lag_{phase}_5ms_share": round(late, 4)}  # fmt: skip
 
 
 class Stalls:
@@ -559,6 +598,21 @@ def _timeline(
     }
 
 
+def _threads(pid: int) -> list[int]:
+    """Every thread of ``pid`` (Linux applies a priority or a policy to one thread at a time)."""
+    try:
+        return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return [pid]
+
+
+def _deprioritise(pid: int, nice: int, *, idle: bool) -> None:
+    for tid in _threads(pid):
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        if idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+
+
 def _probe_sample(fleet: Fleet, args: argparse.Namespace) -> list[int]:
     """Fleet indices of the probe meters: reads first, then commands; all on feeders that do not fail."""
     feeders = set(_failed_feeders(fleet, args.fail_share))
@@ -590,14 +644,18 @@ async def _run(
         console.print(f"warm-up: {args.warmup_s:g} s of probes, not counted")
         ends = time.perf_counter() + args.warmup_s
         await probes.run([], [], lambda: time.perf_counter() > ends, **_rates(args))
-        probes.failures, probes.slowest = 0, {}
+        probes.failures, probes.slowest, probes.splits = 0, {}, []
     console.print(f"baseline: {len(read_ids)} on-demand reads and {2 * len(switch_ids)} commands")
+    lag = LoopLag()
+    lagging = asyncio.create_task(lag.run())
     reads: list[float] = []
     commands: list[float] = []
     ends = time.perf_counter() + args.baseline_s
     await probes.run(reads, commands, lambda: time.perf_counter() > ends, **_rates(args))
     result: dict[str, Any] = {**_summary("read_baseline", reads), **_summary("command_baseline", commands),
-                              "reads_baseline": len(reads), "commands_baseline": len(commands)}  # fmt: skip
+                              "reads_baseline": len(reads), "commands_baseline": len(commands),
+                              "command_steps": probes.take_splits("baseline"),
+                              "loop_lag": lag.take("baseline")}  # fmt: skip
     progress = asyncio.create_task(_report_progress(platform, console))
     push_pid = platform.push_listener.pid if isinstance(platform.push_listener, PushProcess) else None
     sims = handle.pids[:-1] if args.probe_process else handle.pids
@@ -611,6 +669,7 @@ async def _run(
     finally:
         progress.cancel()
         watching.cancel()
+        lagging.cancel()
     drops_after = _udp_receive_drops()
     if drops_before is not None and drops_after is not None:
         result["udp_kernel_drops"] = drops_after - drops_before
@@ -619,6 +678,8 @@ async def _run(
         result[f"{kind}_p99_ratio"] = round(storm / base, 2) if base and not math.isnan(storm) else None
     result["probe_failures"] = probes.failures
     result["slowest_command"] = probes.slowest
+    result["command_steps"] |= probes.take_splits("storm")
+    result["loop_lag"] |= lag.take("storm")
     if (pushes := _pushes(platform)) is not None:
         stats = pushes[0]
         result.update({"events_received": stats.received, "events_stored": stats.stored,
@@ -651,6 +712,8 @@ def main() -> None:
         "--fleet-nice", type=int, default=19,
         help="nice value of the storm's simulator processes: devices elsewhere, they get what CPU is left (probes: 0)",
     )  # fmt: skip
+    parser.add_argument("--fleet-idle", action=argparse.BooleanOptionalAction, default=False, help="SCHED_IDLE")
+    parser.add_argument("--probe-nice", type=int, default=0, help="nice of the probe meters' process")
     parser.add_argument(
         "--probe-process",
         action=argparse.BooleanOptionalAction,
@@ -715,7 +778,10 @@ def main() -> None:
                 )  # fmt: skip
                 storm_pids = handle.pids[:-1] if args.probe_process else handle.pids
                 for pid in storm_pids:  # the storm's meters stand for devices elsewhere: they get what CPU is left
-                    os.setpriority(os.PRIO_PROCESS, pid, args.fleet_nice)
+                    _deprioritise(pid, args.fleet_nice, idle=args.fleet_idle)
+                if args.probe_process and args.probe_nice:
+                    for tid in _threads(handle.pids[-1]):
+                        os.setpriority(os.PRIO_PROCESS, tid, args.probe_nice)
                 document = json.loads((tmp / "c.json").read_text(encoding="utf-8"))
                 await asyncio.to_thread(
                     import_commissioning, engine, platform.keystore, document, now=datetime.now(UTC)
