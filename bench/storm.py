@@ -727,6 +727,9 @@ def main() -> None:
         help="the push listener and pipeline in a process of their own (push.process), as for a large fleet",
     )
     parser.add_argument("--push-batch", type=int, default=PushSettings().batch_size, help="pushes stored a transaction")
+    parser.add_argument(
+        "--push-nice", type=int, default=PushSettings().process_nice, help="the push process's nice (push.process_nice)"
+    )
     parser.add_argument("--push-workers", type=int, default=None, help="event pipeline workers (default: by database)")
     parser.add_argument("--push-transport", choices=PUSH_TRANSPORTS, default="udp", help="how the meters push")
     args = parser.parse_args()
@@ -745,7 +748,13 @@ def main() -> None:
             tmp,
             url,
             collection=CollectionSettings(catch_up_days=1, retries=0, timeout_s=5),
-            push=PushSettings(port=0, process=args.push_process, batch_size=args.push_batch, workers=args.push_workers),
+            push=PushSettings(
+                port=0,
+                process=args.push_process,
+                batch_size=args.push_batch,
+                workers=args.push_workers,
+                process_nice=args.push_nice,
+            ),
         )
         engine = create_engine(url)
         upgrade(engine)

@@ -330,8 +330,10 @@ class EventPipeline:
         with bulk_writes(), self._engine.begin() as conn:  # commands and on-demand reads write first
             first = batch.committed
             commissioned = events_repo.commissioning_times(conn, {row.meter_id for row in batch.rows[first:]})
-            for start in range(first, len(batch.rows), _ROWS_PER_TURN):
-                part = batch.rows[start : start + _ROWS_PER_TURN]
+            # PostgreSQL's writers lock rows, not the database: nothing to hand over, the batch in one part
+            per_part = _ROWS_PER_TURN if conn.dialect.name == "sqlite" else max(1, len(batch.rows))
+            for start in range(first, len(batch.rows), per_part):
+                part = batch.rows[start : start + per_part]
                 _add(pending, self._store_part(conn, part, batch.counters, commissioned, now_s))
                 if let_waiting_writers_in(conn):  # committed: a retry of this batch starts after this part
                     _add(batch.outcome, pending)

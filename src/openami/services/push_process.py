@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import pickle
 import socket
 import struct
@@ -170,7 +171,7 @@ class PushProcess:
         """Start the child and wait until it listens; PushProcessError when it cannot."""
         ours, theirs = socket.socketpair()
         with theirs:
-            command = [sys.executable, "-c", _CHILD, str(theirs.fileno())]
+            command = [sys.executable, "-c", _CHILD, str(theirs.fileno()), str(self._settings.push.process_nice)]
             self._process = await asyncio.to_thread(_spawn, command, theirs.fileno())
         reader, writer = await asyncio.open_connection(sock=ours)
         self._link = _Link(reader, writer)
@@ -386,6 +387,11 @@ async def _child_main(fd: int) -> None:
 
 
 def main() -> None:
+    # Below the platform's priority before any thread starts (threads inherit it): storing a storm's
+    # pushes is bulk work, and the platform's commands and on-demand reads get a core first
+    # (push.process_nice, docs/events.md).
+    if len(sys.argv) > 2 and hasattr(os, "nice"):
+        os.nice(int(sys.argv[2]))
     switch_threads_often()  # as the platform's loop runner (openami.cli.loop)
     try:
         import uvloop  # noqa: PLC0415 - optional: not on Windows

@@ -6,6 +6,7 @@ published on the platform's bus exactly once; stopping the platform ends the chi
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,3 +100,22 @@ async def test_the_push_process_stores_forwards_and_refuses_like_the_platform(en
     assert codes == sorted([int(EventCode.COVER_OPENED), int(EventCode.MAGNETIC_FIELD)])  # each stored one, once
     assert platform.push_listener is None
     assert front.pid is None  # the child has exited
+
+
+def _nice_of_threads(pid: int) -> set[int]:
+    """The nice value of every thread of ``pid`` (Linux keeps one per thread: field 19 of its stat)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in tasks.iterdir()}
+
+
+async def test_the_push_process_runs_below_the_platform_at_its_configured_nice(engine: Engine, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, push=PushSettings(port=0, process=True, process_nice=7))
+    platform = build_platform(settings, engine=engine)
+    await start_platform(platform)
+    try:
+        front = platform.push_listener
+        assert isinstance(front, PushProcess)
+        assert front.pid is not None
+        assert _nice_of_threads(front.pid) == {min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)}  # its threads too
+    finally:
+        await stop_platform(platform)
