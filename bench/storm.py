@@ -712,8 +712,11 @@ def main() -> None:
         "--fleet-nice", type=int, default=19,
         help="nice value of the storm's simulator processes: devices elsewhere, they get what CPU is left (probes: 0)",
     )  # fmt: skip
-    parser.add_argument("--fleet-idle", action=argparse.BooleanOptionalAction, default=False, help="SCHED_IDLE")
-    parser.add_argument("--probe-nice", type=int, default=0, help="nice of the probe meters' process")
+    parser.add_argument(
+        "--fleet-idle", action=argparse.BooleanOptionalAction, default=False,
+        help="the storm's simulator processes SCHED_IDLE too: they run only on an otherwise idle core",
+    )  # fmt: skip
+    parser.add_argument("--probe-nice", type=int, default=0, help="nice value of the probe meters' process")
     parser.add_argument(
         "--probe-process",
         action=argparse.BooleanOptionalAction,
