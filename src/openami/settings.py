@@ -151,8 +151,8 @@ class PushSettings(BaseModel):
     listener and pipeline run in a process of their own (``services.push_process``): a storm's
     notifications then take none of the CPU that commands and on-demand reads need, and with
     ``process_nice`` (added to the platform's nice) the child gives way to the platform when the cores
-    are busy (storm benchmark, alternating runs: commands' p99 1.9-2.3 times their baseline at 10,
-    2.2-2.7 at 0). A batch is one transaction, stored in parts of 100 events: on SQLite an event
+    are busy (storm benchmark: commands' p99 a median 2.15 times their baseline at 10, 2.46 at 0).
+    A batch is one transaction, stored in parts of 100 events: on SQLite an event
     holds the only write lock for about 20 µs (index pages in random meter order), and a command or
     on-demand read that waits for it gets it after the part being written; 500 stores a storm's
     power-ups as fast as 2,000 did (docs/benchmarks.md).
