@@ -19,11 +19,13 @@ SQLite's busy handler, which polls with growing sleeps, through another process'
 never block each other on them (the in-process gate orders the threads), and the kernel drops them
 when a process dies.
 
-A long bulk transaction can also hand the lock over in its middle: at a point where what it wrote so
-far may stand on its own, ``GatedConnection.yield_turn`` commits it when another writer (not a bulk
-one) waits, here or in another process, and the next write takes a turn again, after that writer's.
-A waiting command then waits for one part of a push batch or an outage write, not the whole
-(a measured storm: waits of up to 17-22 ms, bulk transactions of up to 37 ms).
+A long transaction can also hand the lock over in its middle: at a point where what it wrote so far
+may stand on its own, ``GatedConnection.yield_turn`` commits it when another writer (not a bulk one)
+waits, here or in another process, and the next write takes a turn again, after that writer's (as
+a bulk writer's turn, whatever the transaction: one that is not would take the turn straight back
+while the waiting thread wakes up). A waiting command then waits for one part of a push batch, an
+outage write or a reservation of many meters' counters, not the whole (a measured storm: waits of
+up to 17-22 ms, bulk transactions of up to 37 ms).
 
 A writer that waits longer than the busy timeout goes on without the gate, and SQLite decides as
 before.
@@ -263,6 +265,7 @@ class GatedConnection(sqlite3.Connection):
         self._gate = _Gate() if in_memory else gate_for(os.path.realpath(name))
         self._timeout_s = float(kwargs.get("timeout", 5.0))
         self._holding = False
+        self._yielded = False  # handed its turn over: its next write waits behind the writers waiting then
 
     def cursor(self, factory: Any = GatedCursor) -> Any:
         return super().cursor(factory)
@@ -278,15 +281,17 @@ class GatedConnection(sqlite3.Connection):
 
     def before(self, sql: str) -> None:
         if not self._holding and _writes(sql):
-            self._holding = self._gate.acquire(self, bulk=_bulk.get(), timeout_s=self._timeout_s)
+            bulk, self._yielded = _bulk.get() or self._yielded, False
+            self._holding = self._gate.acquire(self, bulk=bulk, timeout_s=self._timeout_s)
             if not self._holding:  # another writer of this process held the write lock all that time
-                _log.warning("db.sqlite.gate-timeout", waited_s=self._timeout_s, bulk=_bulk.get())
+                _log.warning("db.sqlite.gate-timeout", waited_s=self._timeout_s, bulk=bulk)
 
     def after(self) -> None:
         if self._holding and not self.in_transaction:  # autocommitted, or failed before beginning
             self._release()
 
     def commit(self) -> None:
+        self._yielded = False
         try:
             super().commit()
         finally:
@@ -294,6 +299,7 @@ class GatedConnection(sqlite3.Connection):
                 self._release()
 
     def rollback(self) -> None:
+        self._yielded = False
         try:
             super().rollback()
         finally:
@@ -307,11 +313,14 @@ class GatedConnection(sqlite3.Connection):
 
     def yield_turn(self) -> bool:
         """Commit the transaction now if this connection holds the write turn and another writer (not a
-        bulk one) waits for it; its next write takes a turn again. Call only where what the
-        transaction wrote so far may stand on its own. Returns whether it committed."""
+        bulk one) waits for it; its next write takes a turn again, as a bulk writer's (after the
+        waiting ones: a writer that is not a bulk one would otherwise take the turn straight back,
+        before they wake). Call only where what the transaction wrote so far may stand on its own.
+        Returns whether it committed."""
         if not (self._holding and self.in_transaction and self._gate.writers_waiting()):
             return False
         self.commit()
+        self._yielded = True
         return True
 
     def _release(self) -> None:

@@ -124,8 +124,9 @@ def let_waiting_writers_in(conn: Connection) -> bool:
     """SQLite: commit what ``conn``'s transaction wrote so far if another writer (not a bulk one: a
     command, an on-demand read's readings) waits for the write lock, here or in another process; the
     transaction then goes on as a new one, whose next write waits for its turn after theirs. Call it in
-    a long bulk write, only where what was written so far may stand on its own (a later failure rolls
-    back the part after the last commit only). Returns whether it committed. PostgreSQL: nothing (its
+    a long write (a bulk one, or one such as a reservation of hundreds of meters' counters), only where
+    what was written so far may stand on its own (a later failure rolls back the part after the last
+    commit only). Returns whether it committed. PostgreSQL: nothing (its
     writers lock rows, not the database)."""
     if conn.dialect.name != "sqlite":
         return False

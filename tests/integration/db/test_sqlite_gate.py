@@ -217,6 +217,33 @@ def test_a_bulk_transaction_hands_the_lock_to_a_waiting_writer_in_its_middle(db:
     assert _rows(db) == ["bulk-1", "command"]
 
 
+def test_a_writer_that_handed_its_turn_over_writes_again_only_after_the_waiting_one(db: Path) -> None:
+    first = _connect(db)  # not a bulk writer: without the deferral it would take the turn straight back
+    first.execute("INSERT INTO t VALUES ('first-1')")
+    committed = threading.Event()
+
+    def command() -> None:
+        conn = _connect(db)
+        conn.execute("INSERT INTO t VALUES ('command')")
+        time.sleep(0.2)  # holding the turn: the first writer's next write must wait for this commit
+        conn.commit()
+        conn.close()
+        committed.set()
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while _waiters(db) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.yield_turn()
+    first.execute("INSERT INTO t VALUES ('first-2')")  # waits for the command's turn to end
+    assert committed.is_set()
+    first.commit()
+    thread.join(10)
+    first.close()
+    assert _rows(db) == ["first-1", "command", "first-2"]
+
+
 def test_a_bulk_transaction_hands_the_lock_to_a_writer_of_another_process(db: Path) -> None:
     bulk = _connect(db)
     with bulk_writes():
