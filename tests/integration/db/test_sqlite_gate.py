@@ -37,6 +37,13 @@ def _waiters(path: Path) -> int:
     return gate_for(str(path.resolve()))._urgent_waiting
 
 
+def _until_a_writer_waits(path: Path, timeout_s: float = 5.0) -> None:
+    """Until a writer of this process (not a bulk one) waits for the gate, or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while _waiters(path) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_waiting_command_writes_before_a_bulk_writer_that_asked_first(db: Path) -> None:
     holder = _connect(db)
     holder.execute("INSERT INTO t VALUES ('holder')")  # holds the gate until commit
@@ -59,9 +66,7 @@ def test_a_waiting_command_writes_before_a_bulk_writer_that_asked_first(db: Path
     time.sleep(0.1)
     urgent = threading.Thread(target=write, args=("command", False))
     urgent.start()
-    deadline = time.monotonic() + 5
-    while _waiters(db) == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until_a_writer_waits(db)
     holder.commit()
     bulk.join(10)
     urgent.join(10)
@@ -203,9 +208,7 @@ def test_a_bulk_transaction_hands_the_lock_to_a_waiting_writer_in_its_middle(db:
 
     thread = threading.Thread(target=command)
     thread.start()
-    deadline = time.monotonic() + 5
-    while _waiters(db) == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until_a_writer_waits(db)
     assert not done.is_set()  # it waits for the bulk transaction
     assert bulk.yield_turn()
     assert done.wait(10)
@@ -232,9 +235,7 @@ def test_a_writer_that_handed_its_turn_over_writes_again_only_after_the_waiting_
 
     thread = threading.Thread(target=command)
     thread.start()
-    deadline = time.monotonic() + 5
-    while _waiters(db) == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until_a_writer_waits(db)
     assert first.yield_turn()
     first.execute("INSERT INTO t VALUES ('first-2')")  # waits for the command's turn to end
     assert committed.is_set()
