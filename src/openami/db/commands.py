@@ -131,10 +131,13 @@ _OPEN_OF = (
     .order_by(sc.c.counter)
 )  # fmt: skip
 
+_IN_FLIGHT = sa.alias(sc, "in_flight")
 _DUE = (
     sa.select(*_COLUMNS)
     .where(sc.c.status == "queued", sc.c.execute_at <= sa.bindparam("now"), sc.c.next_attempt_at <= sa.bindparam("now"),
-           sc.c.not_after >= sa.bindparam("now"))
+           sc.c.not_after >= sa.bindparam("now"),
+           # one command at a time per meter, whichever process sent the one on its way (index meter_id, status)
+           ~sa.exists().where(_IN_FLIGHT.c.meter_id == sc.c.meter_id, _IN_FLIGHT.c.status == "sent"))
     .order_by(sc.c.priority.desc(), sc.c.counter)
     .limit(sa.bindparam("limit"))
 )  # fmt: skip
