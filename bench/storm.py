@@ -93,6 +93,11 @@ OPERATOR = RequestScope("bench:operator", frozenset({Role.AMI_OPERATOR}), frozen
 _API_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="api")
 
 
+_RESTORE_MARGIN_S = 1.5
+"""Power comes back this long after ``momentary_s`` from the first gasp: more than meter times' 1 s
+resolution, so that no failed feeder's outage can read as momentary."""
+
+
 def _quantile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -115,6 +120,7 @@ class Probes:
         self.slowest: dict[str, float] = {}  # where the slowest command's time went
         self.splits: list[tuple[float, float, float, float]] = []  # each command's submit, queued, meter, rest
         self.timeline: list[tuple[str, float, float]] = []  # (kind, wall-clock start, seconds) of each probe
+        self.command_steps: list[tuple[float, float, float, float, float, float]] = []  # start, took, the 4 steps
 
     async def read(self, meter_id: int, into: list[float]) -> None:
         started = time.perf_counter()
@@ -149,6 +155,7 @@ class Probes:
         submit, queued = submitted - started, (done.sent_at - done.created_at).total_seconds()
         meter = (done.confirmed_at - done.sent_at).total_seconds()
         self.splits.append((submit, queued, meter, took - submit - queued - meter))
+        self.command_steps.append((time.time() - took, took, *self.splits[-1]))
         if took > self.slowest.get("total_s", 0.0):
             self.slowest = {"total_s": round(took, 3), "submit_s": round(submit, 3), "queued_s": round(queued, 3),
                             "meter_s": round(meter, 3)}  # fmt: skip
@@ -539,7 +546,9 @@ async def _storm(
     }
     console.print(f"restoration: {len(failing) - len(dark)} meters back, {len(dark)} left dark")
     if first is not None:  # power back within momentary_s of the failure is a momentary outage, by definition
-        await asyncio.sleep(max(0.0, first + platform.settings.outages.momentary_s + 0.5 - time.time()))
+        # meter times are whole seconds: a feeder whose first gasp came a moment after ``first`` and power
+        # back 3.5 s later could read 3 s long, momentary (sessions 13-15 saw single feeders end so)
+        await asyncio.sleep(max(0.0, first + platform.settings.outages.momentary_s + _RESTORE_MARGIN_S - time.time()))
     await asyncio.to_thread(handle.control, "push-randomisation", failing, seconds=max(0, round(args.spread_s)))
     restore_started = time.time()
     await asyncio.to_thread(handle.control, "power-restore", failing, **restore_params)
@@ -559,6 +568,7 @@ async def _storm(
         result["timeline"] = {
             **_timeline(changes, [p for p in probes.timeline if p[1] >= storm_started], first),
             **stalls.timeline(storm_started, first),
+            "slow_commands": _slow_commands([s for s in probes.command_steps if s[0] >= storm_started], first),
         }
     result.update({**_summary("read_storm", reads), **_summary("command_storm", commands),
                    "reads_during_storm": len(reads), "commands_during_storm": len(commands)})  # fmt: skip
@@ -596,6 +606,13 @@ def _timeline(
         "changes": bursts,
         "slow_probes": [[kind, round(start - first, 2), round(took, 3)] for kind, start, took in slowest],
     }
+
+
+def _slow_commands(steps: Sequence[tuple[float, ...]], first: float, count: int = 8) -> list[list[float]]:
+    """The slowest storm commands: start (s from the first last gasp), seconds in all, and the seconds of
+    each step (submit, queued, meter, rest: ``Probes.take_splits``), to tell which step a tail comes from."""
+    slowest = sorted(steps, key=lambda s: -s[1])[:count]
+    return [[round(start - first, 2), *(round(x, 4) for x in rest)] for start, *rest in slowest]
 
 
 def _threads(pid: int) -> list[int]:

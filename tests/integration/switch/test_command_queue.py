@@ -3,11 +3,12 @@
 A claim and the outcomes recorded with it share one transaction; two queues (two platform processes)
 claiming at the same moment must still never both take the same command. A waiter in the process that
 submitted a command learns its final status from that process's queue, and still learns it when
-another process finished it.
+another process finished it. Outcomes gather for the next look; a new command is claimed at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 from openami.db import commands as repo
 from openami.db import tables as t
 from openami.db.commands import CommandRow
-from openami.services import switch
+from openami.services import switch, switch_queue
 from openami.services.switch import CommandRequest
 from openami.services.switch_queue import CommandQueue
 from openami.settings import GuardSettings
@@ -105,3 +106,31 @@ def test_a_submission_answers_the_command_as_stored(engine: Engine, tmp_path: Pa
         for view in submitted:
             assert switch._view(repo.get_command(conn, view.id)) == view
             assert view.created_at.utcoffset() == timedelta(0)  # in UTC, as it reads back
+
+
+async def test_a_new_command_is_claimed_at_once_not_when_the_outcomes_window_closes(
+    engine: Engine, tmp_path: Path, grid: Grid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each look the queue lets outcomes gather for the next one (``_COALESCE_S``); a command
+    submitted meanwhile does not wait for that: with a window of 10 minutes, both commands (each
+    submitted just after a look) are claimed long before it closes."""
+    monkeypatch.setattr(switch_queue, "_COALESCE_S", 600.0)
+    platform = platform_on(engine, tmp_path, OPEN_GUARD, Clock())
+    switch.start_queue(platform)
+    try:
+        for meter_id in grid.s1[:2]:
+            view = switch.submit(platform, ALICE, CommandRequest(meter_id, "reconnect"))
+            await _until_claimed(engine, view.id, within_s=60)
+    finally:
+        await switch.stop_queue(platform)
+
+
+async def _until_claimed(engine: Engine, command_id: int, *, within_s: float) -> None:
+    c = t.switch_commands.c
+    query = sa.select(c.attempts).where(c.id == command_id)
+    for _ in range(int(within_s / 0.05)):
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one() > 0:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"command {command_id} was not claimed within {within_s} s")
