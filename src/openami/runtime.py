@@ -23,12 +23,17 @@ __all__ = [
     "tune_gc",
 ]
 
-GIL_SWITCH_INTERVAL_S = 0.001
+GIL_SWITCH_INTERVAL_S = 0.0002
 """CPython's default is 5 ms: a worker thread asking for the GIL while the event loop runs waits that
 long at each step, and a worker inside a database transaction holds SQLite's write lock (or
 PostgreSQL row locks) meanwhile, so every other writer waits too. Database work of commands, audit
 and ingest runs on worker threads; with 1 ms their transactions during a collection are several
-times shorter (switch benchmark: submit p50 1.9 s -> 0.5 s)."""
+times shorter (switch benchmark: submit p50 1.9 s -> 0.5 s). Every SQLite call gives the GIL up and
+must take it back, so a transaction of ten statements while the loop is busy waited up to ten
+intervals: with 0.2 ms instead of 1 ms an outage storm's slow commands became rarer (storm commands
+over twice the calm's p99: 2.2 % -> 0.7 %; pooled storm p99 x2.24 -> x1.92 of the calm's), and the
+switch benchmark's collection showed no cost told apart from its spread (docs/benchmarks.md,
+fourteenth and fifteenth sessions)."""
 
 GC_THRESHOLDS = (10_000, 10, 100)
 """Young generation collected every 10,000 net allocations (CPython: 700), the middle one every 10 of

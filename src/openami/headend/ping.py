@@ -14,7 +14,7 @@ The sessions themselves (connect, associate, read, release) run on an event loop
 thread (``_session_loop``): on the platform's loop a storm's pings put their many steps in the queue
 ahead of every step of every command and on-demand read (the loop runs its ready callbacks in turn),
 and the storm's slowest commands all fell in its round of pings (0.15-0.22 s against ~0.03 s). In a
-thread they share the interpreter by its switch interval (``runtime.GIL_SWITCH_INTERVAL_S``, 1 ms)
+thread they share the interpreter by its switch interval (``runtime.GIL_SWITCH_INTERVAL_S``, 0.2 ms)
 instead. What a ping shares with the rest of the head-end (the meter's session lock, the counters)
 stays on the platform's loop.
 
