@@ -90,7 +90,7 @@ def approve(batch_id: int) -> None:
 @click.option("--reason", required=True, help="why (recorded)")
 def reject(batch_id: int, reason: str) -> None:
     """Reject BATCH_ID: its commands are cancelled."""
-    batch = _with_platform(lambda p: switch_guard.reject(p.engine, cli_scope(), batch_id, reason=reason, now=p.now()))
+    batch = _with_platform(lambda p: switch_guard.reject_batch(p, cli_scope(), batch_id, reason=reason))
     click.echo(f"batch {batch.id} rejected by {batch.decided_by}")
 
 

@@ -27,7 +27,6 @@ __all__ = [
     "alarm_openings",
     "areas_of",
     "attach_openings",
-    "cancel_batch_commands",
     "clear_alarm",
     "command_explains",
     "count_disconnects",
@@ -393,17 +392,3 @@ def set_area_mode(
 def list_area_modes(conn: Connection) -> list[AreaMode]:
     rows = conn.execute(sa.select(t.guard_area_modes).order_by(t.guard_area_modes.c.area))
     return [AreaMode(**{k: v for k, v in row._mapping.items()}) for row in rows]
-
-
-# --- the held commands of a batch (services.switch's table) --------------------------------------
-
-
-def cancel_batch_commands(conn: Connection, batch_id: int, *, reason: str, now: datetime) -> int:
-    """awaiting-approval → cancelled for every command of a rejected batch; returns how many."""
-    sc = t.switch_commands
-    result = conn.execute(
-        sa.update(sc)
-        .where(sc.c.batch_id == batch_id, sc.c.status == "awaiting-approval")
-        .values(status="cancelled", cancelled_at=now, updated_at=now, failure_reason=reason[:255])
-    )
-    return int(result.rowcount)

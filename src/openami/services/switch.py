@@ -595,6 +595,17 @@ def release_batch(conn: Connection, batch_id: int, *, actor: str, now: datetime)
                is not None for row in rows)  # fmt: skip
 
 
+def cancel_batch(conn: Connection, batch_id: int, *, reason: str, actor: str, now: datetime) -> list[CommandView]:
+    """For the guard's ``reject``: cancel every command of a batch awaiting approval (each audited, as
+    ``release_batch``'s); the commands as cancelled, for the caller to publish once committed."""
+    rows = repo.list_commands(conn, batch_id=batch_id, status="awaiting-approval", limit=1_000_000)
+    moved = (
+        _move(conn, row, ("awaiting-approval",), "cancelled", {"failure_reason": reason[:255]}, actor=actor, now=now)
+        for row in rows
+    )
+    return [_view(row) for row in moved if row is not None]
+
+
 def _move(
     conn: Connection,
     row: CommandRow,

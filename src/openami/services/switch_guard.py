@@ -51,6 +51,7 @@ from openami.settings import GuardSettings
 
 if TYPE_CHECKING:
     from openami.services.context import Platform
+    from openami.services.switch import CommandView
 
 __all__ = [
     "GUARD_SCOPE",
@@ -76,6 +77,7 @@ __all__ = [
     "list_batches",
     "record_refusal",
     "reject",
+    "reject_batch",
     "start_detector",
     "stop_detector",
 ]
@@ -339,7 +341,22 @@ def approve_batch(platform: Platform, scope: RequestScope, batch_id: int) -> Bat
 
 
 def reject(engine: Engine, scope: RequestScope, batch_id: int, *, reason: str, now: datetime) -> Batch:
-    """Reject a held batch: its commands are cancelled. Same checks as ``approve``."""
+    """Reject a held batch: its commands are cancelled (each audited). Same checks as ``approve``."""
+    return _reject(engine, scope, batch_id, reason=reason, now=now)[0]
+
+
+def reject_batch(platform: Platform, scope: RequestScope, batch_id: int, *, reason: str) -> Batch:
+    """``reject``, then publish the cancelled commands (``bus.topics.COMMANDS_CHANGED``, and their
+    waiters in this process learn their final status at once)."""
+    batch, cancelled = _reject(platform.engine, scope, batch_id, reason=reason, now=platform.now())
+    if platform.commands is not None:
+        platform.commands.submitted(cancelled)
+    return batch
+
+
+def _reject(
+    engine: Engine, scope: RequestScope, batch_id: int, *, reason: str, now: datetime
+) -> tuple[Batch, list[CommandView]]:
     if not reason.strip() or len(reason) > 255:
         raise InvalidInput("give a reason (1-255 characters)")
     with engine.begin() as conn:
@@ -347,13 +364,15 @@ def reject(engine: Engine, scope: RequestScope, batch_id: int, *, reason: str, n
         batch = _held_batch(conn, scope, batch_id, "reject", now)
         if not db.decide_batch(conn, batch_id, "rejected", by=scope.principal, now=now, note=reason):
             raise Conflict(f"batch {batch_id} was decided meanwhile")
-        cancelled = db.cancel_batch_commands(conn, batch_id, reason=f"batch rejected: {reason}", now=now)
+        cancelled = _switch().cancel_batch(
+            conn, batch_id, reason=f"batch rejected: {reason}", actor=scope.principal, now=now
+        )
         entry = AuditEntry(actor=scope.principal, action="commands.approve", outcome="failed",
                            resource=f"batch:{batch_id}",
-                           details={"decision": "rejected", "reason": reason, "cancelled": cancelled,
+                           details={"decision": "rejected", "reason": reason, "cancelled": len(cancelled),
                                     "requested_by": batch.requested_by})  # fmt: skip
         audit.record(conn, entry, now=now)
-        return db.get_batch(conn, batch_id)
+        return db.get_batch(conn, batch_id), cancelled
 
 
 # --- alarms and the ignore-disconnects mode ------------------------------------------------------

@@ -4,6 +4,7 @@ the guard decides about."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from openami.bus.topics import COMMANDS_CHANGED
 from openami.db import tables as t
+from openami.domain.commands import CommandChanged
 from openami.domain.meter_events import EventCode, MeterEvent, MeterEvents
 from openami.errors import Conflict, PermissionDenied
 from openami.services import switch, switch_guard
@@ -103,6 +106,42 @@ def test_two_person_rule_same_person_refused_different_person_queues(
     assert rejected.state == "rejected"
     statuses = {v.status for v in switch.list_commands(platform, BOB, batch_id=rejected_batch)}
     assert statuses == {"cancelled"}
+
+
+async def test_a_rejected_batch_cancels_each_command_audited_and_published(
+    engine: Engine, tmp_path: Path, grid: Grid
+) -> None:
+    """Each command of a rejected batch is cancelled as a status change of its own: audited, and on
+    ``COMMANDS_CHANGED`` (an OMS or a waiter learns of it), as an approval's release is."""
+    platform = platform_on(engine, tmp_path, GuardSettings(approval_batch_size=3), Clock())
+    changes: list[CommandChanged] = []
+
+    async def note(message: CommandChanged) -> None:
+        changes.append(message)
+
+    unsubscribe = platform.bus.subscribe(COMMANDS_CHANGED, note)
+    switch.start_queue(platform)
+    try:
+        held = _disconnect(platform, grid.s1[1:5])
+        batch_id = held[0].batch_id
+        assert batch_id is not None
+        rejected = switch_guard.reject_batch(platform, BOB, batch_id, reason="not planned")
+        assert rejected.state == "rejected"
+        for view in held:
+            done = await switch.wait_for(platform, view.id, 20)
+            assert (done.status, done.failure_reason) == ("cancelled", "batch rejected: not planned")
+        await platform.bus.drain()
+    finally:
+        await switch.stop_queue(platform)
+        unsubscribe()
+    cancelled = {(c.command_id, c.batch_id) for c in changes if c.status == "cancelled"}
+    assert cancelled == {(view.id, batch_id) for view in held}
+    al = t.audit_log.c
+    query = sa.select(al.details, al.actor).where(al.action == "switch.status").order_by(al.seq)
+    with engine.connect() as conn:
+        audited = [(d, a) for d, a in conn.execute(query) if json.loads(d)["status"] == "cancelled"]
+    assert len(audited) == len(held)
+    assert {actor for _, actor in audited} == {"user:bob"}
 
 
 def test_ignore_disconnects_mode_refuses_disconnects_until_a_security_admin_clears_it(

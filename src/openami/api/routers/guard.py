@@ -129,7 +129,7 @@ async def approve(platform: PlatformDep, scope: Scope, batch_id: BatchId) -> Bat
 @router.post("/guard/batches/{batch_id}/reject", response_model=BatchOut, summary="Reject a batch")
 def reject(platform: PlatformDep, scope: Scope, batch_id: BatchId, body: RejectIn) -> BatchOut:
     """Cancel the batch's commands; same rules as approve."""
-    return _batch(guard.reject(platform.engine, scope, batch_id, reason=body.reason, now=platform.now()))
+    return _batch(guard.reject_batch(platform, scope, batch_id, reason=body.reason))
 
 
 @router.get("/guard/alarms", response_model=list[AlarmOut], summary="Uncommanded-opening alarms")
