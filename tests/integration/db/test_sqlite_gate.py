@@ -223,22 +223,22 @@ def test_a_bulk_transaction_hands_the_lock_to_a_waiting_writer_in_its_middle(db:
 def test_a_writer_that_handed_its_turn_over_writes_again_only_after_the_waiting_one(db: Path) -> None:
     first = _connect(db)  # not a bulk writer: without the deferral it would take the turn straight back
     first.execute("INSERT INTO t VALUES ('first-1')")
-    committed = threading.Event()
+    committing = threading.Event()
 
     def command() -> None:
         conn = _connect(db)
         conn.execute("INSERT INTO t VALUES ('command')")
         time.sleep(0.2)  # holding the turn: the first writer's next write must wait for this commit
+        committing.set()  # before the commit: the first writer may run the moment it gives the turn back
         conn.commit()
         conn.close()
-        committed.set()
 
     thread = threading.Thread(target=command)
     thread.start()
     _until_a_writer_waits(db)
     assert first.yield_turn()
     first.execute("INSERT INTO t VALUES ('first-2')")  # waits for the command's turn to end
-    assert committed.is_set()
+    assert committing.is_set()
     first.commit()
     thread.join(10)
     first.close()
