@@ -56,15 +56,16 @@ _T = TypeVar("_T")
 
 _COALESCE_S = 0.02
 """Outcomes that arrive within _COALESCE_S of a look's start wait for the next look together. A new (or
-cancelled) command does not: it is claimed at once, or it would wait up to _COALESCE_S whenever it came
-just after another command's look (in a storm, where sessions and submissions jitter, the commands' time
-from submission to claim had a p90 of 11 ms against 3 ms in the calm; docs/benchmarks.md, 15th session)."""
+cancelled) command does not: it starts the next look at once, or it would wait up to _COALESCE_S whenever
+it came just after another command's look (in a storm, where sessions and submissions jitter, a third of
+the slowest commands waited 10-19 ms for their claim; docs/benchmarks.md, fifteenth session)."""
 _BUSY_TICK_S = 0.05
 """While looks come busy (two or more claims and outcomes each), one starts at most every _BUSY_TICK_S,
 whatever arrives: each look is a write transaction whose fixed cost (begin, commit, SQLite reloading the
 pages another connection changed) is most of a command's queue CPU, so more outcomes and claims share one
 (50 commands a second: ~0.85 -> ~0.5 transactions and 1.7 -> 1.2 ms of the queue's CPU per command, ~+0.05 s
-per command). One command at a time (idle) still gets a look 20 ms after its wake-up."""
+per command). One command at a time (idle) is claimed at once, its outcome recorded by a look 20 ms
+after its claim's."""
 _Step = Callable[..., CommandView]  # an outcome's recording step: (queue, conn, row, *args, now=) -> view
 _Outcome = tuple[_Step, CommandRow, tuple[Any, ...], "asyncio.Future[CommandView]", SessionEnd | None]
 
